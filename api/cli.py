@@ -1,0 +1,182 @@
+"""The `tether` command (contract §4). Options override TETHER_* settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import sys
+
+from ingest import logs
+from ingest.settings import Settings
+
+log = logs.get("tether")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in {
+        "database_url": getattr(args, "database_url", None),
+        "mqtt_url": getattr(args, "mqtt_url", None),
+        "redis_url": getattr(args, "redis_url", None),
+        "http_host": getattr(args, "host", None),
+        "http_port": getattr(args, "port", None),
+        "mqtt_client_id": getattr(args, "client_id", None),
+    }.items() if v is not None}
+    settings = Settings(**overrides)
+    logs.configure(settings.log_level, settings.log_json)
+    return settings
+
+
+def _run(coro) -> None:
+    try:
+        import uvloop  # faster event loop where available
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from ingest.store import migrate
+    s = _settings(args)
+    applied = migrate(s.database_url, s.migrations_dir)
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
+
+
+async def _serve(s: Settings, with_ingest: bool, with_api: bool,
+                 fleet: tuple[list, float] | None = None) -> None:
+    import uvicorn
+
+    from api.app import create_app
+    from ingest.mqtt import Broker
+    from ingest.runner import ingest_worker
+    from simulators.fleet import run_fleet
+
+    async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
+        if with_api:
+            server = uvicorn.Server(uvicorn.Config(create_app(s), host=s.http_host,
+                                                   port=s.http_port, log_level="warning"))
+            tg.create_task(server.serve(), name="api")
+            log.info("api listening", url=f"http://{s.http_host}:{s.http_port}")
+        if with_ingest:
+            worker = await stack.enter_async_context(ingest_worker(s))
+            tg.create_task(worker.run(), name="ingest")
+        if fleet:
+            devices, interval = fleet
+            tg.create_task(run_fleet(Broker.from_url(s.mqtt_url), s.mqtt_root, devices, interval),
+                           name="fleet")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _run(_serve(_settings(args), True, True))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    _run(_serve(_settings(args), True, False))
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    _run(_serve(_settings(args), False, True))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from api.store import seed_demo
+    from ingest.store import migrate
+    from simulators.fleet import make_fleet
+
+    s = _settings(args)
+    migrate(s.database_url, s.migrations_dir)
+    devices = make_fleet("demo-", args.devices, (31.2304, 121.4737), 5000, random.Random(7))
+    seed_demo(s.database_url, [d.device_id for d in devices])
+    print(f"Tether demo: {len(devices)} simulated trackers reporting every {args.interval} s\n"
+          f"  API       http://{s.http_host}:{s.http_port}/docs\n"
+          f"  metrics   http://{s.http_host}:{s.http_port}/metrics\n"
+          f"  database  psql {s.database_url} -c 'select count(*) from fixes'\n"
+          "Ctrl-C stops it.", flush=True)
+    _run(_serve(s, True, True, (devices, args.interval)))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from simulators.bench import main as bench_main
+    s = _settings(args)
+    return bench_main(s, args)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from ingest.mqtt import Broker
+    from simulators.fleet import make_fleet, run_fleet
+
+    s = _settings(args)
+    devices = make_fleet(args.prefix, args.devices, (31.2304, 121.4737), 5000,
+                         random.Random(args.seed))
+    _run(run_fleet(Broker.from_url(s.mqtt_url), s.mqtt_root, devices, args.interval,
+                   args.duration, args.seed))
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    print("tether user add arrives with the REST API (issue [3/7]); not available yet.",
+          file=sys.stderr)
+    return 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tether", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--database-url")
+        sp.add_argument("--mqtt-url")
+        sp.add_argument("--redis-url")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    add("migrate", cmd_migrate, "apply database migrations")
+    for name, fn, help_ in (("serve", cmd_serve, "ingest, API and timers in one process"),
+                            ("ingest", cmd_ingest, "an ingest worker"),
+                            ("api", cmd_api, "the HTTP API")):
+        sp = add(name, fn, help_)
+        sp.add_argument("--host")
+        sp.add_argument("--port", type=int)
+        sp.add_argument("--client-id", help="MQTT client id of this worker (one per worker)")
+    sp = add("demo", cmd_demo, "seed a demo fleet and run everything")
+    sp.add_argument("--devices", type=int, default=200)
+    sp.add_argument("--interval", type=float, default=5.0)
+    sp.add_argument("--host")
+    sp.add_argument("--port", type=int)
+    sp = add("simulate", cmd_simulate, "run a simulated fleet against the broker")
+    sp.add_argument("--devices", type=int, default=100)
+    sp.add_argument("--interval", type=float, default=60.0)
+    sp.add_argument("--duration", type=float)
+    sp.add_argument("--prefix", default="sim-")
+    sp.add_argument("--seed", type=int, default=1)
+    sp = add("bench", cmd_bench, "measure ingest throughput against raw baselines")
+    sp.add_argument("--fixes", type=int, default=60_000)
+    sp.add_argument("--batch", type=int, default=1,
+                    help="fixes per MQTT message (1 = one object, >1 = a batch array)")
+    sp.add_argument("--devices", type=int, default=1000)
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
+    ua = user.add_parser("add", help="create a user")
+    ua.add_argument("name")
+    ua.add_argument("--password", required=True)
+    ua.add_argument("--role", choices=["admin", "commander", "officer"], required=True)
+    ua.add_argument("--jurisdiction", type=int)
+    ua.set_defaults(fn=cmd_user_add)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

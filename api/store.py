@@ -1,0 +1,32 @@
+"""SQL of the API package (the only module of `api` importing psycopg)."""
+
+from __future__ import annotations
+
+import psycopg
+
+
+def seed_demo(database_url: str, device_ids: list[str]) -> None:
+    """A demo jurisdiction tree with one subject per simulated device (idempotent)."""
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        row = conn.execute("SELECT id FROM jurisdictions WHERE name = 'Demo Province'"
+                           " AND parent_id IS NULL").fetchone()
+        if row:
+            province = row[0]
+        else:
+            province = conn.execute("INSERT INTO jurisdictions (name) VALUES ('Demo Province')"
+                                    " RETURNING id").fetchone()[0]
+        row = conn.execute("SELECT id FROM jurisdictions WHERE parent_id = %s", (province,))
+        county = (row.fetchone() or [None])[0]
+        if county is None:
+            county = conn.execute("INSERT INTO jurisdictions (name, parent_id)"
+                                  " VALUES ('Demo County', %s) RETURNING id",
+                                  (province,)).fetchone()[0]
+        known = {r[0] for r in conn.execute("SELECT id FROM devices WHERE id = ANY(%s)",
+                                            (device_ids,))}
+        for device_id in device_ids:
+            if device_id in known:
+                continue
+            subject = conn.execute("INSERT INTO subjects (name, jurisdiction_id) VALUES (%s, %s)"
+                                   " RETURNING id", (f"Subject {device_id}", county)).fetchone()[0]
+            conn.execute("INSERT INTO devices (id, kind, subject_id) VALUES (%s, 'wearable', %s)",
+                         (device_id, subject))

@@ -1,0 +1,69 @@
+"""Domain types shared by every stage of the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Datum(StrEnum):
+    WGS84 = "wgs84"
+    GCJ02 = "gcj02"  # China's obfuscated datum, used by domestic map SDKs
+    BD09 = "bd09"  # Baidu's datum, GCJ-02 shifted again
+
+
+class DeviceKind(StrEnum):
+    PHONE = "phone"
+    WEARABLE = "wearable"
+    VICTIM = "victim"
+
+
+@dataclass(slots=True)
+class Fix:
+    """One position report, always held in WGS-84 (the original is kept when converted)."""
+
+    device_id: str
+    fix_time: datetime  # device clock, timezone-aware UTC
+    lat: float
+    lon: float
+    received_at: datetime
+    accuracy_m: float | None = None
+    altitude_m: float | None = None
+    speed_mps: float | None = None
+    heading_deg: float | None = None
+    battery_pct: int | None = None
+    source: str | None = None
+    datum: Datum = Datum.WGS84  # datum the device reported in
+    reported_lat: float | None = None  # as sent, when datum is not WGS-84
+    reported_lon: float | None = None
+    mock: bool | None = None
+    seq: int | None = None
+    outlier: bool = False  # an impossible jump: stored, but rules ignore it
+    extra: dict[str, Any] | None = None  # fields beyond the contract (OwnTracks extras)
+
+
+@dataclass(slots=True)
+class DeviceEvent:
+    """A non-positional report: strap, battery, SOS, connectivity, OwnTracks status..."""
+
+    device_id: str
+    event_time: datetime
+    type: str
+    received_at: datetime
+    lat: float | None = None
+    lon: float | None = None
+    battery_pct: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class Reject:
+    """A message (or one item of a batch) that could not be accepted, kept for operators."""
+
+    topic: str
+    payload: bytes  # raw bytes, truncated to the store's limit
+    reason: str
+    received_at: datetime
+    device_id: str | None = None

@@ -1,0 +1,1 @@
+"""Ingest: MQTT messages in, fixes and events stored, latest device state published."""

@@ -1,0 +1,18 @@
+"""Prometheus metrics of the ingest stages (served by the API's /metrics)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+messages = Counter("tether_ingest_messages_total", "MQTT messages received", ["route"])
+fixes_stored = Counter("tether_ingest_fixes_stored_total", "fixes newly stored")
+fixes_duplicate = Counter("tether_ingest_fixes_duplicate_total", "fixes already stored")
+fixes_outlier = Counter("tether_ingest_fixes_outlier_total", "fixes flagged as impossible jumps")
+events_stored = Counter("tether_ingest_events_stored_total", "device events newly stored")
+rejects = Counter("tether_ingest_rejects_total", "messages or items rejected", ["reason"])
+flush_seconds = Histogram("tether_ingest_flush_seconds", "time to commit one batch",
+                          buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+batch_rows = Histogram("tether_ingest_batch_rows", "fixes per committed batch",
+                       buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
+store_errors = Counter("tether_ingest_store_errors_total", "failed commits (retried)")
+state_errors = Counter("tether_ingest_state_errors_total", "failed Redis updates")
+mqtt_connects = Counter("tether_ingest_mqtt_connects_total", "MQTT (re)connections")
+pending_batches = Gauge("tether_ingest_pending_batches", "batches waiting for the writer")

@@ -1,0 +1,128 @@
+"""The MQTT edge: the only module importing aiomqtt/paho, so the hot path can change library.
+
+Why manual acknowledgement: aiomqtt 2.5 acknowledges QoS 1 messages on receipt, so a crash
+between receipt and commit would lose fixes the broker already forgot. The paho client under
+it supports manual acks; we switch them on before connecting and acknowledge only after the
+batch holding a message is committed. aiomqtt 3 offers this natively; moving to it changes
+this module only.
+
+Backpressure: unacknowledged messages count against the broker's in-flight window
+(`max_inflight_messages`, 10,000 in scripts/mosquitto.conf), so the client-side queue can never
+hold more than that window; beyond it the broker queues (persistently) for us. That window is
+the bound of this queue, and its overflow rule is "the broker holds the rest" - never a drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from ingest import logs, metrics
+
+log = logs.get("ingest.mqtt")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    topic: str
+    payload: bytes
+    retained: bool
+    mid: int
+    qos: int
+    generation: int  # which connection delivered it: an ack on a later one would be wrong
+
+
+@dataclass(frozen=True, slots=True)
+class Broker:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def from_url(cls, url: str) -> Broker:
+        u = urlsplit(url)
+        if u.scheme not in ("mqtt", "tcp"):
+            raise ValueError(f"TETHER_MQTT_URL must be mqtt://host:port, not {url!r}")
+        return cls(u.hostname or "127.0.0.1", u.port or 1883, u.username, u.password)
+
+
+class MqttSource:
+    """Consumes subscriptions with a persistent session, reconnecting with backoff forever."""
+
+    def __init__(self, broker: Broker, client_id: str, subscriptions: Sequence[str]) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self.subscriptions = list(subscriptions)
+        self._client: aiomqtt.Client | None = None
+        self._generation = 0
+        self.connected = asyncio.Event()
+
+    async def run(self, handle: Callable[[Delivery], Awaitable[None]]) -> None:
+        backoff = 0.2
+        while True:
+            client = aiomqtt.Client(
+                self.broker.host, self.broker.port, identifier=self.client_id,
+                username=self.broker.username, password=self.broker.password,
+                protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, keepalive=30)
+            # Before connecting: a persistent session redelivers as soon as CONNACK is sent.
+            client._client.manual_ack_set(True)
+            try:
+                async with client:
+                    self._generation += 1
+                    generation = self._generation
+                    self._client = client
+                    await client.subscribe([(t, 1) for t in self.subscriptions])
+                    metrics.mqtt_connects.inc()
+                    log.info("mqtt connected", client_id=self.client_id,
+                             subscriptions=self.subscriptions)
+                    self.connected.set()
+                    backoff = 0.2
+                    async for m in client.messages:
+                        await handle(Delivery(str(m.topic), bytes(m.payload), m.retain, m.mid,
+                                              m.qos, generation))
+            except aiomqtt.MqttError as e:
+                log.warning("mqtt connection lost; retrying", error=str(e), retry_s=backoff)
+            finally:
+                self.connected.clear()
+                self._client = None
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def ack(self, d: Delivery) -> None:
+        """Acknowledge after commit. A message from an earlier connection is not acked: the
+        broker redelivers it, and the store's unique key makes that harmless."""
+        client = self._client
+        if d.qos == 0 or client is None or d.generation != self._generation:
+            return
+        client._client.ack(d.mid, d.qos)
+
+
+class MqttPublisher:
+    """Publishing side, for simulators, benchmarks and tests."""
+
+    def __init__(self, broker: Broker, client_id: str = "") -> None:
+        self._client = aiomqtt.Client(broker.host, broker.port, identifier=client_id or None,
+                                      username=broker.username, password=broker.password,
+                                      protocol=aiomqtt.ProtocolVersion.V311,
+                                      max_inflight_messages=1000)
+        # Bulk publishers keep thousands of QoS 1 publishes in flight on purpose.
+        self._client.pending_calls_threshold = 10_000
+
+    async def __aenter__(self) -> MqttPublisher:
+        await self._client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.__aexit__(*exc)
+
+    async def publish(self, topic: str, payload: bytes | str, qos: int = 1,
+                      retain: bool = False) -> None:
+        await self._client.publish(topic, payload, qos=qos, retain=retain)
+
+
+__all__ = ["Broker", "Delivery", "MqttPublisher", "MqttSource"]

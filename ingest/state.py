@@ -1,0 +1,117 @@
+"""Latest device state in Redis, shared by every worker (the only `ingest` module importing redis).
+
+One hash per device. Updates are Lua scripts, so they are atomic across workers, and
+conditional on time, so a late upload never overwrites a newer position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from geofence.types import DeviceEvent, Fix
+from ingest.filters import LastGood
+
+StateError = RedisError
+
+# Per device: ts lat lon acc batt outlier seen (7 args). Latest fix wins by fix time; the last
+# good (non-outlier) fix is kept apart so the next jump is judged against it.
+_UPDATE_FIXES = """
+for i, key in ipairs(KEYS) do
+  local b = (i - 1) * 7
+  local ts = tonumber(ARGV[b + 1])
+  if ts > (tonumber(redis.call('HGET', key, 'ts')) or -1) then
+    redis.call('HSET', key, 'ts', ARGV[b + 1], 'lat', ARGV[b + 2], 'lon', ARGV[b + 3],
+               'acc', ARGV[b + 4], 'outlier', ARGV[b + 6])
+    if ARGV[b + 5] ~= '' then redis.call('HSET', key, 'batt', ARGV[b + 5]) end
+  end
+  if ARGV[b + 6] == '0' and ts > (tonumber(redis.call('HGET', key, 'good_ts')) or -1) then
+    redis.call('HSET', key, 'good_ts', ARGV[b + 1], 'good_lat', ARGV[b + 2],
+               'good_lon', ARGV[b + 3], 'good_acc', ARGV[b + 4])
+  end
+  if tonumber(ARGV[b + 7]) > (tonumber(redis.call('HGET', key, 'seen')) or -1) then
+    redis.call('HSET', key, 'seen', ARGV[b + 7])
+  end
+end
+"""
+# Per event: field value ts seen (4 args). `field` is e.g. status or strap.
+_UPDATE_EVENTS = """
+for i, key in ipairs(KEYS) do
+  local b = (i - 1) * 4
+  local field, ts = ARGV[b + 1], tonumber(ARGV[b + 3])
+  if ts > (tonumber(redis.call('HGET', key, field .. '_ts')) or -1) then
+    redis.call('HSET', key, field, ARGV[b + 2], field .. '_ts', ARGV[b + 3])
+  end
+  if tonumber(ARGV[b + 4]) > (tonumber(redis.call('HGET', key, 'seen')) or -1) then
+    redis.call('HSET', key, 'seen', ARGV[b + 4])
+  end
+end
+"""
+_EVENT_FIELDS = {"online": ("status", "online"), "offline": ("status", "offline"),
+                 "strap_open": ("strap", "open"), "strap_closed": ("strap", "closed"),
+                 "charger_on": ("charger", "on"), "charger_off": ("charger", "off")}
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else repr(v)
+
+
+class DeviceState:
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        self.client = redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.prefix = prefix
+        self._fixes = self.client.register_script(_UPDATE_FIXES)
+        self._events = self.client.register_script(_UPDATE_EVENTS)
+
+    def key(self, device_id: str) -> str:
+        return f"{self.prefix}dev:{device_id}"
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def last_good(self, device_ids: Sequence[str]) -> dict[str, LastGood]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for d in device_ids:
+                pipe.hmget(self.key(d), "good_ts", "good_lat", "good_lon", "good_acc")
+            rows = await pipe.execute()
+        out = {}
+        for d, (ts, lat, lon, acc) in zip(device_ids, rows, strict=True):
+            if ts is not None:
+                out[d] = LastGood(datetime.fromtimestamp(float(ts), UTC), float(lat), float(lon),
+                                  float(acc) if acc else None)
+        return out
+
+    async def record(self, fixes: Iterable[Fix], events: Iterable[DeviceEvent]) -> None:
+        # Only the newest fix and the newest good fix of each device matter to the live state.
+        newest: dict[tuple[str, bool], Fix] = {}
+        for f in fixes:
+            for k in ((f.device_id, False), (f.device_id, True)):
+                if k[1] and f.outlier:
+                    continue
+                cur = newest.get(k)
+                if cur is None or f.fix_time > cur.fix_time:
+                    newest[k] = f
+        keys, args = [], []
+        for f in {id(f): f for f in newest.values()}.values():
+            keys.append(self.key(f.device_id))
+            args += [repr(f.fix_time.timestamp()), repr(f.lat), repr(f.lon), _num(f.accuracy_m),
+                     "" if f.battery_pct is None else str(f.battery_pct),
+                     "1" if f.outlier else "0", repr(f.received_at.timestamp())]
+        ekeys, eargs = [], []
+        for e in events:
+            field = _EVENT_FIELDS.get(e.type)
+            if field:
+                ekeys.append(self.key(e.device_id))
+                eargs += [field[0], field[1], repr(e.event_time.timestamp()),
+                          repr(e.received_at.timestamp())]
+        if keys:
+            await self._fixes(keys=keys, args=args)
+        if ekeys:
+            await self._events(keys=ekeys, args=eargs)
+
+    async def device(self, device_id: str) -> dict[str, str]:
+        raw = await self.client.hgetall(self.key(device_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}

@@ -1,0 +1,1 @@
+"""Device simulators for demos and load tests."""

@@ -1,0 +1,57 @@
+"""A TCP proxy in front of a real service that a test can cut and restore: an outage of the
+database, Redis or broker as the client sees it, without stopping the machine's service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class CuttableProxy:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._pairs: set[asyncio.StreamWriter] = set()
+        self.cut = False
+
+    async def start(self) -> CuttableProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        await self.sever()
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def sever(self) -> None:
+        """Drop every open connection and refuse new ones until `restore`."""
+        self.cut = True
+        for w in list(self._pairs):
+            w.transport.abort()
+        self._pairs.clear()
+
+    def restore(self) -> None:
+        self.cut = False
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut:
+            writer.transport.abort()
+            return
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._pairs.update((writer, up_w))
+        await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        w.transport.abort()
+        self._pairs.discard(w)

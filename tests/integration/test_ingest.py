@@ -1,0 +1,141 @@
+"""Fixes from the real broker into the real TimescaleDB: exactly once, whatever arrives."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+
+import psycopg
+import redis
+
+from ingest.settings import Settings
+from tests.integration.conftest import count, eventually, publish_all, running
+
+T0 = time.time() - 3600  # an hour ago: well inside the accepted window
+
+
+def fix(i: int, **kw: object) -> dict:
+    return {"ts": T0 + i, "lat": 31.2 + i * 1e-5, "lon": 121.4, "acc": 8, **kw}
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def stored(db: psycopg.Connection, *device_ids: str) -> int:
+    return count(db, "SELECT count(*) FROM fixes WHERE device_id = ANY(%s)", list(device_ids))
+
+
+def test_fixes_and_events_are_hypertables(db: psycopg.Connection) -> None:
+    names = {r[0] for r in db.execute(
+        "SELECT hypertable_name FROM timescaledb_information.hypertables")}
+    assert {"fixes", "device_events"} <= names
+
+
+async def test_objects_batches_and_owntracks_give_exactly_n_rows(
+        settings: Settings, db, register, publisher) -> None:
+    a, b = register(uid("obj"), uid("bat"))
+    user, dev = uid("jane"), "phone"
+    register(f"{user}.{dev}", kind="phone")
+    root, ot = settings.mqtt_root, settings.owntracks_root
+    msgs = [(f"{root}/devices/{a}/loc", json.dumps(fix(i)).encode()) for i in range(300)]
+    msgs += [(f"{root}/devices/{b}/loc", json.dumps([fix(k * 200 + i) for i in range(200)])
+              .encode()) for k in range(5)]
+    msgs += [(f"{ot}/{user}/{dev}", json.dumps({
+        "_type": "location", "tst": int(T0) + i, "lat": 31.3, "lon": 121.5, "acc": 12,
+        "vel": 36, "cog": 90, "batt": 80, "tid": "jp", "conn": "m", "bs": 1}).encode())
+        for i in range(50)]
+    async with running(settings):
+        await publish_all(publisher, msgs)
+        await eventually(lambda: stored(db, a, b, f"{user}.{dev}") >= 1350, what="1350 rows")
+    assert stored(db, a) == 300
+    assert stored(db, b) == 1000
+    assert stored(db, f"{user}.{dev}") == 50
+    spd, hdg, extra = db.execute("SELECT speed_mps, heading_deg, extra FROM fixes "
+                                 "WHERE device_id = %s LIMIT 1", (f"{user}.{dev}",)).fetchone()
+    assert abs(spd - 10.0) < 1e-6 and hdg == 90  # 36 km/h
+    assert extra == {"tid": "jp", "conn": "m", "bs": 1}  # unknown OwnTracks fields kept
+
+
+async def test_each_duplicate_is_stored_once(settings: Settings, db, register,
+                                             publisher) -> None:
+    (d,) = register(uid("dup"))
+    topic = f"{settings.mqtt_root}/devices/{d}/loc"
+    one = json.dumps(fix(1)).encode()
+    msgs = [(topic, one)] * 5 + [(topic, json.dumps([fix(2), fix(2), fix(3)]).encode())]
+    async with running(settings) as worker:
+        await publish_all(publisher, msgs)
+        await eventually(lambda: worker.committed_batches and stored(db, d) == 3
+                         and worker.batch.messages == [] and worker.queue.empty(),
+                         what="all messages committed")
+        await publish_all(publisher, [(topic, one)])  # and again, in a later batch
+        n = worker.committed_batches
+        await eventually(lambda: worker.committed_batches > n, what="another batch")
+    assert stored(db, d) == 3
+
+
+async def test_out_of_order_and_late_fixes_are_all_stored(settings: Settings, db, register,
+                                                          publisher) -> None:
+    (d,) = register(uid("ooo"))
+    topic = f"{settings.mqtt_root}/devices/{d}/loc"
+    order = list(range(200))
+    random.Random(4).shuffle(order)
+    msgs = [(topic, json.dumps(fix(i)).encode()) for i in order]
+    async with running(settings):
+        await publish_all(publisher, msgs)
+        await eventually(lambda: stored(db, d) == 200, what="200 rows")
+        # A buffered upload from before all of them arrives last.
+        late = [fix(-1000 + i) for i in range(100)]
+        await publish_all(publisher, [(topic, json.dumps(late).encode())])
+        await eventually(lambda: stored(db, d) == 300, what="300 rows")
+    state = redis.Redis.from_url(settings.redis_url).hgetall(f"{settings.redis_prefix}dev:{d}")
+    assert abs(float(state[b"ts"]) - (T0 + 199)) < 1e-3  # the late upload did not rewind it
+
+
+async def test_impossible_jump_is_stored_but_flagged(settings: Settings, db, register,
+                                                     publisher) -> None:
+    (d,) = register(uid("jump"))
+    topic = f"{settings.mqtt_root}/devices/{d}/loc"
+    track = [fix(0), {"ts": T0 + 10, "lat": 32.5, "lon": 121.4, "acc": 8}, fix(20)]
+    async with running(settings):
+        await publish_all(publisher, [(topic, json.dumps(track).encode())])
+        await eventually(lambda: stored(db, d) == 3, what="3 rows")
+    flags = [r[0] for r in db.execute("SELECT outlier FROM fixes WHERE device_id = %s "
+                                      "ORDER BY fix_time", (d,))]
+    assert flags == [False, True, False]
+
+
+async def test_gcj02_fix_is_stored_in_wgs84_with_the_original_kept(settings: Settings, db,
+                                                                   register, publisher) -> None:
+    (d,) = register(uid("gcj"))
+    topic = f"{settings.mqtt_root}/devices/{d}/loc"
+    async with running(settings):
+        await publish_all(publisher, [(topic, json.dumps(fix(0, crs="gcj02")).encode())])
+        await eventually(lambda: stored(db, d) == 1, what="1 row")
+    lat, lon, datum, rlat, rlon = db.execute(
+        "SELECT lat, lon, datum, reported_lat, reported_lon FROM fixes WHERE device_id = %s",
+        (d,)).fetchone()
+    assert datum == "gcj02" and (rlat, rlon) == (31.2, 121.4)
+    assert 0.001 < abs(lon - rlon) < 0.01  # the GCJ-02 shift in Shanghai is ~450 m
+
+
+async def test_device_events_and_status_are_stored(settings: Settings, db, register,
+                                                   publisher) -> None:
+    (d,) = register(uid("evt"))
+    root = settings.mqtt_root
+    async with running(settings):
+        await publish_all(publisher, [
+            (f"{root}/devices/{d}/evt", json.dumps({"type": "strap_open", "ts": T0}).encode()),
+            (f"{root}/devices/{d}/evt", json.dumps([{"type": "sos", "ts": T0 + 1, "lat": 31.2,
+                                                     "lon": 121.4, "note": "x"}]).encode()),
+            (f"{root}/devices/{d}/status", b"offline"),
+        ])
+        await eventually(lambda: count(db, "SELECT count(*) FROM device_events WHERE "
+                                           "device_id = %s", d) == 3, what="3 events")
+    data = db.execute("SELECT data FROM device_events WHERE device_id = %s AND type = 'sos'",
+                      (d,)).fetchone()[0]
+    assert data == {"note": "x"}
+    state = redis.Redis.from_url(settings.redis_url).hgetall(f"{settings.redis_prefix}dev:{d}")
+    assert state[b"strap"] == b"open" and state[b"status"] == b"offline"
