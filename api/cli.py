@@ -160,9 +160,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=1)
     sp = add("bench", cmd_bench, "measure ingest throughput against raw baselines")
     sp.add_argument("--fixes", type=int, default=60_000)
-    sp.add_argument("--batch", type=int, default=1,
-                    help="fixes per MQTT message (1 = one object, >1 = a batch array)")
+    sp.add_argument("--batch", type=int, default=50,
+                    help="also measure with this many fixes per MQTT message (a batch array)")
     sp.add_argument("--devices", type=int, default=1000)
+    sp.add_argument("--json", action="store_true", help="also print the raw numbers as JSON")
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
     ua = user.add_parser("add", help="create a user")
     ua.add_argument("name")

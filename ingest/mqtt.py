@@ -15,6 +15,7 @@ the bound of this queue, and its overflow rule is "the broker holds the rest" - 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -125,4 +126,33 @@ class MqttPublisher:
         await self._client.publish(topic, payload, qos=qos, retain=retain)
 
 
-__all__ = ["Broker", "Delivery", "MqttPublisher", "MqttSource"]
+__all__ = ["Broker", "Delivery", "MqttPublisher", "MqttSource", "PlainSubscriber"]
+
+
+class PlainSubscriber:
+    """The baseline for benchmarks: a persistent-session subscriber that only counts messages
+    (library acks on receipt), i.e. what one process can take from the broker at all."""
+
+    def __init__(self, broker: Broker, client_id: str, topic: str) -> None:
+        self.broker, self.client_id, self.topic = broker, client_id, topic
+
+    def _client(self) -> aiomqtt.Client:
+        return aiomqtt.Client(self.broker.host, self.broker.port, identifier=self.client_id,
+                              clean_session=False, protocol=aiomqtt.ProtocolVersion.V311)
+
+    async def create_session(self) -> None:
+        async with self._client() as c:
+            await c.subscribe(self.topic, qos=1)
+
+    async def drain(self, n: int) -> float:
+        """Seconds to receive n messages from the moment of connecting; ends the session."""
+        got = 0
+        async with self._client() as c:
+            started = time.perf_counter()
+            async for _ in c.messages:
+                got += 1
+                if got == n:
+                    break
+            elapsed = time.perf_counter() - started
+            await c.unsubscribe(self.topic)
+        return elapsed

@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -69,8 +70,7 @@ async def _prepare_session(conn: psycopg.AsyncConnection) -> None:
 class IngestStore:
     def __init__(self, database_url: str, max_size: int = 4) -> None:
         self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=max_size, open=False,
-                                        configure=_prepare_session, timeout=10,
-                                        reconnect_timeout=0)
+                                        configure=_prepare_session, timeout=10)
 
     async def open(self) -> None:
         # wait=False: a database that is down at start-up is waited out by the writer's retries.
@@ -163,3 +163,41 @@ def migrate(database_url: str, directory: Path) -> list[str]:
             applied_now.append(path.name)
         conn.execute("SELECT pg_advisory_unlock(74657468)")
     return applied_now
+
+
+# --- benchmark baselines and throwaway databases --------------------------------------------------
+
+def copy_baseline(database_url: str, fixes: Sequence[Fix]) -> None:
+    """Raw binary COPY straight into the hypertable: the ceiling ingest is measured against."""
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY fixes ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_FIX_TYPES)
+            for f in fixes:
+                copy.write_row(_fix_row(f))
+        conn.commit()
+
+
+def count_fixes(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT count(*) FROM fixes").fetchone()[0]
+
+
+def register_devices(database_url: str, device_ids: Sequence[str]) -> None:
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        j = conn.execute("INSERT INTO jurisdictions (name) VALUES ('bench') RETURNING id")
+        s = conn.execute("INSERT INTO subjects (name, jurisdiction_id) VALUES ('bench', %s)"
+                         " RETURNING id", (j.fetchone()[0],)).fetchone()[0]
+        with conn.cursor().copy("COPY devices (id, kind, subject_id) FROM STDIN") as copy:
+            for d in device_ids:
+                copy.write_row((d, "wearable", s))
+
+
+def create_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            psycopg.sql.Identifier(name)))

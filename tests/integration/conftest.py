@@ -118,8 +118,8 @@ async def publish_all(pub: MqttPublisher, items: list[tuple[str, bytes]]) -> Non
         await asyncio.gather(*(pub.publish(t, p) for t, p in items[i:i + 500]))
 
 
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 15.0,
-                     what: str = "condition") -> None:
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 15.0,  # noqa: ASYNC109
+                     what: str | Callable[[], str] = "condition") -> None:
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -128,7 +128,7 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
         await asyncio.sleep(0.05)
 
 

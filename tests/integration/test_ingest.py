@@ -114,7 +114,7 @@ async def test_gcj02_fix_is_stored_in_wgs84_with_the_original_kept(settings: Set
     async with running(settings):
         await publish_all(publisher, [(topic, json.dumps(fix(0, crs="gcj02")).encode())])
         await eventually(lambda: stored(db, d) == 1, what="1 row")
-    lat, lon, datum, rlat, rlon = db.execute(
+    _lat, lon, datum, rlat, rlon = db.execute(
         "SELECT lat, lon, datum, reported_lat, reported_lon FROM fixes WHERE device_id = %s",
         (d,)).fetchone()
     assert datum == "gcj02" and (rlat, rlon) == (31.2, 121.4)
