@@ -37,20 +37,27 @@ if [ "${#want[@]}" -gt 0 ]; then log "installing ${want[*]}"; apt_install "${wan
 if [ ! -f /usr/share/postgresql/$PG/extension/timescaledb.control ]; then
   log "building TimescaleDB from Debian trixie source"
   work=$(mktemp -d)
-  mirror=$(grep -hoE '^(URIs:|deb) +(\[[^]]*\] +)?https?://[^ ]+' \
-             /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
-           | grep -v security | head -n1 | grep -oE 'https?://[^ ]+')
+  srcs=()
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources
+  do [ -f "$f" ] && srcs+=("$f"); done
+  # The first Debian archive URI (not the security one) of this machine's own apt sources.
+  mirror=$(awk '/^[[:space:]]*(URIs:|deb[[:space:]])/ { for (i = 1; i <= NF; i++)
+             if ($i ~ /^https?:\/\/.*\/debian\/?$/) { print $i; exit } }' "${srcs[@]}")
+  [ -n "$mirror" ] || { echo "[setup] no Debian mirror in apt sources" >&2; exit 1; }
   mkdir -p "$work/lists/partial"
   echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" \
     > "$work/sources.list"
   aptopts=(-o Dir::Etc::sourcelist="$work/sources.list" -o Dir::Etc::sourceparts=-
            -o Dir::State::Lists="$work/lists")
-  apt-get "${aptopts[@]}" update -qq
+  apt-get "${aptopts[@]}" update -qq 2>/dev/null
+  trap 'rm -rf "$work"' EXIT
+  # apt checks the downloaded files against the signed index, so dpkg-source's own complaint
+  # that it has no key for the .dsc signature is noise.
   (cd "$work" && apt-get "${aptopts[@]}" source --download-only -qq timescaledb 2>/dev/null \
-     && dpkg-source -x ./timescaledb_*.dsc src >/dev/null)
+     && dpkg-source -x ./timescaledb_*.dsc src >/dev/null 2>&1)
   (cd "$work/src" && ./bootstrap -DAPACHE_ONLY=ON -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF \
-     -DPG_CONFIG="$pgbin/pg_config" >/dev/null && make -C build -j"$(nproc)" install >/dev/null)
-  rm -rf "$work"
+     -DPG_CONFIG="$pgbin/pg_config" >/dev/null 2>&1 && make -C build -j"$(nproc)" install >/dev/null)
+  rm -rf "$work"; trap - EXIT
 fi
 
 # --- PostgreSQL --------------------------------------------------------------------------------
