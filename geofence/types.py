@@ -67,3 +67,23 @@ class Reject:
     reason: str
     received_at: datetime
     device_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What the rules need to know of a supervised person."""
+
+    id: int
+    jurisdiction_path: tuple[int, ...]  # root first, own jurisdiction last
+    timezone: str
+    devices: dict[str, DeviceKind]
+
+
+@dataclass(frozen=True, slots=True)
+class VictimLink:
+    """A victim's device that a subject must stay `radius_m` away from."""
+
+    id: int
+    subject_id: int
+    device_id: str
+    radius_m: float

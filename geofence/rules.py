@@ -1,0 +1,142 @@
+"""Rule state and the hysteresis machine every breach rule shares. Pure: no I/O, no clock.
+
+A rule is `clear`, `pending` (a probable breach awaiting confirmation) or `breach`. Evidence is a
+signed depth into the breach area (metres; <= 0 is compliant) and the fix's accuracy radius:
+- compliant evidence never counts against the subject: it cancels a pending breach, and
+  `clear_fixes` compliant fixes in a row, or `clear_s` seconds of them, end a breach;
+- depth >= accuracy (the whole accuracy circle in breach) is confident: a breach at once;
+- 0 < depth < accuracy is probable: it opens a breach only when consecutive probable fixes
+  confirm it - their mean depth exceeds their mean accuracy / sqrt(n) (the error of a mean of n
+  fixes), or they span `probable_dwell_s` without a gap over `max_gap_s`. Edge wobbles a few
+  metres deep under 30 m accuracy would need dozens of fixes in a row, so they never alert.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from geofence.types import DeviceKind
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSettings:
+    min_accuracy_m: float = 10.0  # phones under-report their error: never trust less than this
+    unknown_accuracy_m: float = 50.0  # a fix with no accuracy is treated as this coarse
+    probable_dwell_s: float = 300.0
+    max_gap_s: float = 600.0  # probable fixes further apart do not confirm each other
+    clear_fixes: int = 3
+    clear_s: float = 180.0
+    fresh_s: float = 120.0  # two devices' fixes this close in time are compared
+    separation_m: float = 200.0
+    separation_dwell_s: float = 300.0
+    battery_low_pct: int = 15
+    battery_clear_pct: int = 30
+    offline_after_s: dict[str, float] = field(default_factory=lambda: {
+        DeviceKind.WEARABLE: 900.0, DeviceKind.PHONE: 1800.0, DeviceKind.VICTIM: 1800.0})
+    spoof_window_s: float = 600.0  # two impossible jumps this close are spoofing, not a glitch
+    late_after_s: float = 60.0
+
+    def accuracy(self, acc: float | None) -> float:
+        return max(self.unknown_accuracy_m if acc is None else acc, self.min_accuracy_m)
+
+
+class Rule(msgspec.Struct, omit_defaults=True):
+    st: str = "clear"  # clear | pending | breach
+    n: int = 0  # probable fixes so far (pending) or breach fixes (breach)
+    depth: float = 0.0  # sum of depths while pending
+    acc: float = 0.0  # sum of accuracies while pending
+    since: float = 0.0  # first pending evidence, or when the breach opened (epoch s)
+    last: float = 0.0  # newest evidence (epoch s)
+    cn: int = 0  # compliant fixes in a row while in breach
+    csince: float = 0.0
+
+
+class Track(msgspec.Struct, omit_defaults=True):
+    """The newest good fix of one device, and when anything was last heard from it."""
+
+    t: float = 0.0
+    lat: float = 0.0
+    lon: float = 0.0
+    acc: float = 0.0
+    seen: float = 0.0
+    batt: int | None = None
+
+
+class SubjectState(msgspec.Struct, omit_defaults=True):
+    tracks: dict[str, Track] = {}
+    rules: dict[str, Rule] = {}
+    ticked: float = 0.0  # up to when time-driven checks (schedules, silence) were made
+
+
+@dataclass(frozen=True, slots=True)
+class RuleEvent:
+    """A breach opening or ending; the alerts layer turns it into an alert."""
+
+    action: str  # open | clear
+    type: str
+    subject_id: int
+    at: datetime
+    device_id: str | None = None
+    zone_id: int | None = None
+    confidence: str | None = None
+    late: bool = False
+    position: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+OPEN, CLEAR = "open", "clear"
+
+
+def step(r: Rule, depth: float | None, acc: float, t: float, s: RuleSettings,
+         dwell_s: float | None = None) -> tuple[str, str | None] | None:
+    """Apply one piece of evidence at time t. Returns (OPEN, confidence), (CLEAR, None) or None.
+
+    `dwell_s` set: only a dwell of that length confirms (no instant or statistical opening).
+    """
+    if depth is None or depth <= 0:
+        if r.st == "pending":
+            r.st, r.n, r.depth, r.acc = "clear", 0, 0.0, 0.0
+        elif r.st == "breach":
+            if r.cn == 0:
+                r.csince = t
+            r.cn += 1
+            if r.cn >= s.clear_fixes or (r.cn >= 2 and t - r.csince >= s.clear_s):
+                r.st, r.n, r.cn = "clear", 0, 0
+                return CLEAR, None
+        return None
+    if r.st == "breach":
+        r.n, r.cn, r.last = r.n + 1, 0, t
+        return None
+    confident = dwell_s is None and depth >= acc
+    if r.st == "pending" and t - r.last > s.max_gap_s:
+        r.st = "clear"  # too long since the last evidence: start over
+    if r.st == "clear":
+        r.st, r.n, r.depth, r.acc, r.since = "pending", 0, 0.0, 0.0, t
+    r.n, r.depth, r.acc, r.last = r.n + 1, r.depth + depth, r.acc + acc, t
+    dwelt = r.n >= 2 and t - r.since >= (dwell_s if dwell_s is not None else s.probable_dwell_s)
+    statistical = dwell_s is None and r.n >= 2 and r.depth / r.n > (r.acc / r.n) / math.sqrt(r.n)
+    if confident or dwelt or statistical:
+        r.st, r.n, r.cn, r.since = "breach", 1, 0, t
+        return OPEN, "confident" if confident else "probable"
+    return None
+
+
+def force_open(r: Rule, t: float) -> bool:
+    """For rules without spatial evidence (tamper, SOS, silence): True if newly opened."""
+    if r.st == "breach":
+        r.n, r.last = r.n + 1, t
+        return False
+    r.st, r.n, r.since, r.last, r.cn = "breach", 1, t, t, 0
+    return True
+
+
+def force_clear(r: Rule) -> bool:
+    """True if a breach (or pending one) ended."""
+    was = r.st == "breach"
+    r.st, r.n, r.cn, r.depth, r.acc = "clear", 0, 0, 0.0, 0.0
+    return was

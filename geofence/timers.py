@@ -1,0 +1,118 @@
+"""Time-driven checks: what the passing of time alone decides. Pure: `now` is an argument.
+
+- At the start of a schedule window (or when a scheduled zone is created inside one) the last
+  known fix of each device decides: a subject already outside at curfew is in breach though no
+  new fix arrives. A device silent too long by then raises device_offline naming the zone.
+- At the end of a window its breaches end.
+- A device silent longer than its kind's limit raises one device_offline per outage.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from geofence.engine import Judge, World, zone_type
+from geofence.rules import CLEAR, OPEN, Rule, RuleEvent, RuleSettings, SubjectState, step
+from geofence.schedule import boundaries, in_force, next_boundary
+from geofence.types import DeviceKind, Subject
+from geofence.zones import CompiledZone
+
+FIRST_LOOK_BACK = timedelta(minutes=1)  # a subject never ticked before: how far back to look
+
+
+def scheduled_zones(world: World, subject: Subject, st: SubjectState) -> list[CompiledZone]:
+    """Scheduled zones applying to the subject: its inclusion zones, and the exclusion zones
+    near any of its devices' last positions."""
+    found = {c.zone.id: c for c in world.zones.inclusion_for(subject) if c.zone.schedule}
+    own = [t for d, t in st.tracks.items() if d in subject.devices and t.t]
+    if own:
+        near = world.zones.near(np.array([t.lon for t in own]), np.array([t.lat for t in own]))
+        for zones in near:
+            found.update((c.zone.id, c) for c in zones
+                         if c.zone.schedule and c.zone.applies_to(subject))
+    return list(found.values())
+
+
+def _silent(st: SubjectState, device_id: str, kind: DeviceKind, now: float,
+            s: RuleSettings) -> bool:
+    t = st.tracks.get(device_id)
+    return t is None or now - t.seen > s.offline_after_s.get(kind, 1800.0)
+
+
+def tick(st: SubjectState, subject: Subject, world: World, s: RuleSettings,
+         now: datetime) -> list[RuleEvent]:
+    judge = Judge(world, subject, s)
+    t_now = now.timestamp()
+    after = datetime.fromtimestamp(st.ticked, UTC) if st.ticked else now - FIRST_LOOK_BACK
+    devices = {d: k for d, k in subject.devices.items() if k != DeviceKind.VICTIM}
+    in_force_now = []
+    for c in scheduled_zones(world, subject, st):
+        z = c.zone
+        marks = boundaries(z.schedule, judge.tz, after, now)
+        if after < z.created_at <= now and in_force(z.schedule, judge.tz, z.created_at):
+            marks.append((z.created_at, True))
+        if in_force(z.schedule, judge.tz, now) and z.exists_at(now):
+            in_force_now.append(z.id)
+        for at, starts in sorted(marks):
+            if not z.exists_at(at):
+                continue
+            for dev, kind in devices.items():
+                key = f"z{z.id}:{dev}"
+                if not starts:
+                    r = st.rules.get(key)
+                    if r and r.st != "clear":
+                        was_breach = r.st == "breach"
+                        st.rules[key] = Rule()
+                        if was_breach:
+                            judge.emit(CLEAR, zone_type(c), at, device_id=dev, zone_id=z.id,
+                                       details={"zone": z.name, "reason": "window ended"})
+                    continue
+                track = st.tracks.get(dev)
+                if track is None or _silent(st, dev, kind, at.timestamp(), s):
+                    judge.device_rule(st, f"off:{dev}", "device_offline", True, at, dev,
+                                      details={"zone": z.name, "zone_id": z.id,
+                                               "reason": "silent at the start of a window"})
+                    continue
+                x, y = c.frame.to_m(track.lon, track.lat)
+                inside = c.depth_m(x, y)
+                depth = inside if z.kind == "exclusion" else -inside
+                out = step(st.rules.setdefault(key, Rule()), depth, track.acc, at.timestamp(), s)
+                if out:
+                    judge.emit(out[0], zone_type(c), at, device_id=dev, zone_id=z.id,
+                               confidence=out[1],
+                               position={"lat": track.lat, "lon": track.lon, "acc": track.acc,
+                                         "ts": datetime.fromtimestamp(track.t, UTC).isoformat()},
+                               details={"zone": z.name, "depth_m": round(depth, 1),
+                                        "reason": "last known position at window start"})
+    for dev, kind in devices.items():
+        if _silent(st, dev, kind, t_now, s) and dev in st.tracks:
+            r = st.rules.setdefault(f"off:{dev}", Rule())
+            if r.st != "breach":
+                judge.device_rule(st, f"off:{dev}", "device_offline", True, now, dev,
+                                  details={"silent_s": round(t_now - st.tracks[dev].seen),
+                                           "zones_in_force": in_force_now})
+    st.ticked = t_now
+    return [e for e in judge.events if e.action in (OPEN, CLEAR)]
+
+
+def next_due(st: SubjectState, subject: Subject, world: World, s: RuleSettings,
+             now: datetime) -> datetime:
+    """When this subject next needs a tick (at most an hour away, as a safety net)."""
+    due = now + timedelta(hours=1)
+    tz_zones = scheduled_zones(world, subject, st)
+    judge_tz = Judge(world, subject, s).tz
+    for c in tz_zones:
+        b = next_boundary(c.zone.schedule, judge_tz, now)
+        if b is not None:
+            due = min(due, b)
+        if c.zone.created_at > now:
+            due = min(due, c.zone.created_at)
+    for dev, kind in subject.devices.items():
+        t = st.tracks.get(dev)
+        r = st.rules.get(f"off:{dev}")
+        if kind != DeviceKind.VICTIM and t is not None and (r is None or r.st != "breach"):
+            limit = datetime.fromtimestamp(t.seen + s.offline_after_s.get(kind, 1800.0), UTC)
+            due = min(due, max(limit, now) + timedelta(seconds=1))
+    return due
