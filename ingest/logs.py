@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -24,3 +25,12 @@ def configure(level: str = "INFO", json: bool = False) -> None:
 
 def get(name: str) -> structlog.typing.FilteringBoundLogger:
     return structlog.get_logger(name)
+
+
+def still_running() -> None:
+    """Call in an `except` that keeps a loop going. Some libraries turn a cancellation into
+    their own error (a timeout, a connection error); a loop that then retries would never stop,
+    and a TaskGroup waiting for it would hang. A pending cancellation is re-raised here."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

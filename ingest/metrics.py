@@ -16,3 +16,5 @@ store_errors = Counter("tether_ingest_store_errors_total", "failed commits (retr
 state_errors = Counter("tether_ingest_state_errors_total", "failed Redis updates")
 mqtt_connects = Counter("tether_ingest_mqtt_connects_total", "MQTT (re)connections")
 pending_batches = Gauge("tether_ingest_pending_batches", "batches waiting for the writer")
+alerts_changed = Counter("tether_alerts_changed_total", "alerts opened, repeated or cleared "
+                         "by the rules", ["action"])

@@ -87,6 +87,7 @@ class MqttSource:
                         await handle(Delivery(str(m.topic), bytes(m.payload), m.retain, m.mid,
                                               m.qos, generation))
             except aiomqtt.MqttError as e:
+                logs.still_running()
                 log.warning("mqtt connection lost; retrying", error=str(e), retry_s=backoff)
             finally:
                 self.connected.clear()

@@ -20,6 +20,7 @@ from ingest import logs, metrics
 from ingest.decode import KEPT_PAYLOAD_BYTES, Topics, decode_message
 from ingest.filters import FilterSettings, flag_outliers, reject_future
 from ingest.mqtt import Delivery, MqttSource
+from ingest.rules_runner import Rules, StateConflict
 from ingest.settings import Settings
 from ingest.state import DeviceState, StateError
 from ingest.store import DataRejected, IngestStore, Registered, TransientError, WriteResult
@@ -53,8 +54,9 @@ def subscriptions(settings: Settings) -> list[str]:
 
 class Ingest:
     def __init__(self, settings: Settings, source: MqttSource, store: IngestStore,
-                 state: DeviceState) -> None:
+                 state: DeviceState, rules: Rules) -> None:
         self.settings = settings
+        self.rules = rules
         self.source = source
         self.store = store
         self.state = state
@@ -72,6 +74,8 @@ class Ingest:
             tg.create_task(self.flush_timer(), name="ingest-flush-timer")
             tg.create_task(self.registry_refresh(), name="ingest-registry-refresh")
             tg.create_task(self.retention(), name="ingest-retention")
+            tg.create_task(self.rules.watch(), name="rules-world-watch")
+            tg.create_task(self.rules.ticker(), name="rules-ticker")
             tg.create_task(self.source.run(self.receive), name="ingest-mqtt")
 
     # --- receive: decode and filter, no I/O --------------------------------------------------
@@ -121,7 +125,8 @@ class Ingest:
         await self._flag_outliers(fixes)
         started = time.monotonic()
         try:
-            result = await self._retry("store", lambda: self.store.write(fixes, events, rejects))
+            result = await self._retry("store", lambda: self.store.write(
+                fixes, events, rejects, judge=self.rules.judge))
         except DataRejected as e:
             log.warning("batch refused by the database; storing message by message", error=str(e))
             result = await self._persist_each(batch)
@@ -130,6 +135,8 @@ class Ingest:
         metrics.fixes_stored.inc(result.fixes_stored)
         metrics.fixes_duplicate.inc(len(fixes) - result.fixes_stored)
         metrics.events_stored.inc(result.events_stored)
+        for _alert_id, action in result.alerts_changed:
+            metrics.alerts_changed.labels(action).inc()
         for r in (r for m in batch.messages for r in m.rejects):
             metrics.rejects.labels(r.reason.split(":", 1)[0][:40]).inc()
         for m in batch.messages:  # in arrival order, as MQTT asks of QoS 1 acks
@@ -139,6 +146,7 @@ class Ingest:
                                     [e for m in batch.messages for e in m.events])
         except (StateError, OSError) as e:
             # The fixes are committed; the live state catches up with the next ones.
+            logs.still_running()
             metrics.state_errors.inc()
             log.warning("live state update failed", error=str(e))
 
@@ -148,7 +156,7 @@ class Ingest:
         for m in batch.messages:
             try:
                 r = await self._retry("store", lambda m=m: self.store.write(
-                    m.fixes, m.events, m.rejects))
+                    m.fixes, m.events, m.rejects, judge=self.rules.judge))
             except DataRejected as e:
                 d = m.delivery
                 reject = Reject(d.topic, d.payload[:KEPT_PAYLOAD_BYTES],
@@ -179,6 +187,7 @@ class Ingest:
         try:
             last = await self.state.last_good(list(by_device))
         except (StateError, OSError) as e:
+            logs.still_running()
             metrics.state_errors.inc()
             log.warning("live state unavailable; judging jumps within the batch", error=str(e))
             last = {}
@@ -192,10 +201,14 @@ class Ingest:
         while True:
             try:
                 return await op()
-            except TransientError as e:
+            except (*TransientError, StateError, StateConflict, OSError) as e:
+                # Without the database nothing can be stored; without the shared rule state
+                # nothing can be judged. Either way the batch is held, never dropped or
+                # stored unjudged, and the broker keeps what follows.
+                logs.still_running()
                 metrics.store_errors.inc()
-                log.warning("database unavailable; holding the batch", op=what, error=str(e),
-                            retry_s=backoff)
+                log.warning("dependency unavailable; holding the batch", op=what,
+                            error=str(e), retry_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -208,6 +221,7 @@ class Ingest:
             try:
                 self.registry = await self.store.all_registered()
             except TransientError as e:
+                logs.still_running()
                 log.warning("device registry refresh failed", error=str(e))
 
     async def retention(self) -> None:
@@ -218,5 +232,6 @@ class Ingest:
                 if dropped:
                     log.info("dropped old fix chunks", chunks=dropped)
             except TransientError as e:
+                logs.still_running()
                 log.warning("retention run failed", error=str(e))
             await asyncio.sleep(3600)

@@ -7,20 +7,22 @@ from contextlib import asynccontextmanager
 
 from ingest.mqtt import Broker, MqttSource
 from ingest.pipeline import Ingest, subscriptions
+from ingest.rules_runner import Rules
 from ingest.settings import Settings
-from ingest.state import DeviceState
+from ingest.state import DeviceState, SubjectStates
 from ingest.store import IngestStore
 
 
 @asynccontextmanager
 async def ingest_worker(settings: Settings) -> AsyncIterator[Ingest]:
-    store = IngestStore(settings.database_url)
+    store = IngestStore(settings.database_url, severity=settings.severity)
     state = DeviceState(settings.redis_url, settings.redis_prefix)
+    rules = Rules(settings, store, SubjectStates(state))
     source = MqttSource(Broker.from_url(settings.mqtt_url), settings.mqtt_client_id,
                         subscriptions(settings))
     await store.open()
     try:
-        yield Ingest(settings, source, store, state)
+        yield Ingest(settings, source, store, state, rules)
     finally:
         await state.close()
         await store.close()

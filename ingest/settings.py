@@ -33,6 +33,30 @@ class Settings(BaseSettings):
     late_after_s: float = Field(60, description="a fix received later than this is 'late'")
     retention_days: int = Field(400, ge=1, description="fixes older than this are dropped")
     registry_refresh_s: float = 60.0
+
+    # Rules (geofence/rules.py explains each); defaults suit one fix a minute.
+    min_accuracy_m: float = Field(10.0, description="never trust a fix to be better than this")
+    unknown_accuracy_m: float = Field(50.0, description="accuracy assumed when a fix has none")
+    probable_dwell_s: float = Field(300.0, description="probable fixes this long confirm")
+    max_gap_s: float = Field(600.0, description="evidence further apart does not combine")
+    clear_fixes: int = Field(3, description="compliant fixes in a row that end a breach")
+    clear_s: float = Field(180.0, description="... or compliance for this long")
+    fresh_s: float = Field(120.0, description="fixes of two devices this close are compared")
+    separation_m: float = Field(200.0, description="phone-wearable distance beyond accuracy")
+    separation_dwell_s: float = Field(300.0, description="... for this long: device_separation")
+    battery_low_pct: int = 15
+    battery_clear_pct: int = 30
+    offline_wearable_s: float = 900.0
+    offline_phone_s: float = 1800.0
+    offline_victim_s: float = 1800.0
+    spoof_window_s: float = 600.0
+    severity: dict[str, str] = Field(default_factory=lambda: {
+        "exclusion_entry": "critical", "victim_proximity": "critical", "sos": "critical",
+        "strap_tamper": "critical", "inclusion_exit": "high", "curfew": "high",
+        "device_separation": "high", "location_spoofing": "high", "exclusion_buffer": "medium",
+        "device_offline": "medium", "tracking_impaired": "medium", "battery_low": "low"},
+        description="alert severity per type (JSON object)")
+    tick_interval_s: float = Field(1.0, description="how often due time-checks are looked for")
     migrations_dir: Path = REPO / "migrations"
     log_level: str = "INFO"
     log_json: bool = False

@@ -115,3 +115,76 @@ class DeviceState:
     async def device(self, device_id: str) -> dict[str, str]:
         raw = await self.client.hgetall(self.key(device_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+# --- rule state of subjects, shared by all workers -----------------------------------------------
+# One hash per subject: v (version) and s (the engine's state, msgspec JSON). Writes are
+# compare-and-set per subject, so two workers judging one subject at once cannot both win: the
+# loser re-reads and judges again. The sorted set `due` says when each subject next needs a
+# time-driven check; claiming pushes the entry a lease ahead, so a worker that dies mid-tick
+# leaves the subject due again when the lease ends.
+
+# KEYS: n subject keys, then the due set. ARGV: n, then per subject: version, state, due, member.
+# Returns the 1-based positions of the subjects whose version moved on (not written).
+_SAVE_SUBJECTS = """
+local n = tonumber(ARGV[1])
+local due = KEYS[n + 1]
+local stale = {}
+for i = 1, n do
+  local b = 1 + (i - 1) * 4
+  local v = tonumber(redis.call('HGET', KEYS[i], 'v') or '0')
+  if v ~= tonumber(ARGV[b + 1]) then
+    table.insert(stale, i)
+  else
+    redis.call('HSET', KEYS[i], 'v', v + 1, 's', ARGV[b + 2])
+    redis.call('ZADD', due, ARGV[b + 3], ARGV[b + 4])
+  end
+end
+return stale
+"""
+_CLAIM_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
+return ids
+"""
+
+
+class SubjectStates:
+    def __init__(self, device_state: DeviceState) -> None:
+        self.client = device_state.client
+        self.prefix = device_state.prefix
+        self.due_key = f"{self.prefix}due"
+        self._save = self.client.register_script(_SAVE_SUBJECTS)
+        self._claim = self.client.register_script(_CLAIM_DUE)
+
+    def key(self, subject_id: int) -> str:
+        return f"{self.prefix}subj:{subject_id}"
+
+    async def load(self, subject_ids: Sequence[int]) -> dict[int, tuple[int, bytes | None]]:
+        """(version, state bytes or None) per subject, in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for s in subject_ids:
+                pipe.hmget(self.key(s), "v", "s")
+            rows = await pipe.execute()
+        return {s: (int(v or 0), raw) for s, (v, raw) in zip(subject_ids, rows, strict=True)}
+
+    async def save(self, updates: Sequence[tuple[int, int, bytes, float]]) -> set[int]:
+        """(subject, expected version, state, next due epoch) each; returns the stale ones."""
+        if not updates:
+            return set()
+        keys = [self.key(u[0]) for u in updates] + [self.due_key]
+        args: list = [len(updates)]
+        for subject_id, version, raw, due in updates:
+            args += [version, raw, repr(due), subject_id]
+        stale = await self._save(keys=keys, args=args)
+        return {updates[i - 1][0] for i in stale}
+
+    async def claim_due(self, now: float, limit: int, lease_s: float) -> list[int]:
+        ids = await self._claim(keys=[self.due_key], args=[repr(now), limit, repr(now + lease_s)])
+        return [int(i) for i in ids]
+
+    async def make_due(self, subject_ids: Iterable[int], at: float, only_new: bool) -> None:
+        """Due at `at`: for subjects never seen (only_new), or brought forward (a world change)."""
+        mapping = {str(s): at for s in subject_ids}
+        if mapping:
+            await self.client.zadd(self.due_key, mapping, nx=only_new, lt=not only_new)

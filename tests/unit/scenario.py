@@ -18,7 +18,8 @@ BASE = (31.2304, 121.4737)  # Shanghai
 EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
 
 
-def offset(north_m: float, east_m: float, origin: tuple[float, float] = BASE) -> tuple[float, float]:
+def offset(north_m: float, east_m: float,
+           origin: tuple[float, float] = BASE) -> tuple[float, float]:
     lat = origin[0] + north_m / 111_320
     lon = origin[1] + east_m / (111_320 * math.cos(math.radians(origin[0])))
     return lat, lon
@@ -31,7 +32,7 @@ def square(half_m: float, origin: tuple[float, float] = BASE) -> dict:
     return {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
 
 
-def zone(zid: int, kind: str = "exclusion", geometry: dict | None = None, **kw) -> Zone:  # noqa: ANN003
+def zone(zid: int, kind: str = "exclusion", geometry: dict | None = None, **kw) -> Zone:
     schedule = kw.pop("schedule", None)
     return Zone(zid, f"zone {zid}", kind, geometry or square(100), jurisdiction_id=1,
                 created_at=kw.pop("created_at", EPOCH), schedule=parse_schedule(schedule), **kw)
@@ -42,7 +43,7 @@ def subject(tz: str = "Asia/Shanghai", **devices: DeviceKind) -> Subject:
 
 
 def fix(at: datetime, pos: tuple[float, float], device: str = "w", acc: float | None = 10,
-        received: datetime | None = None, **kw) -> Fix:  # noqa: ANN003
+        received: datetime | None = None, **kw) -> Fix:
     return Fix(device, at, pos[0], pos[1], received or at + timedelta(seconds=2),
                accuracy_m=acc, **kw)
 

@@ -6,18 +6,17 @@ INSERT ... ON CONFLICT DO NOTHING into the hypertable, all in one transaction.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 import psycopg
-import psycopg.sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from geofence.rules import RuleEvent
 from geofence.types import DeviceEvent, Fix, Reject
+from ingest.store.world import WorldRows, load_world, notifications, record_rule_events
 
 # Errors worth waiting out (the database is down, restarting or overloaded), as opposed to bugs.
 TransientError = (psycopg.OperationalError, psycopg.errors.AdminShutdown, TimeoutError)
@@ -33,10 +32,10 @@ _FIX_TYPES = ("text", "timestamptz", "timestamptz", "float8", "float8", "float4"
 _COLS = ", ".join(_FIX_COLUMNS)
 _COPY_FIXES = f"COPY _staging_fixes ({_COLS}) FROM STDIN (FORMAT BINARY)"
 _MERGE_FIXES = (f"INSERT INTO fixes ({_COLS}) SELECT {_COLS} FROM _staging_fixes "
-                "ON CONFLICT (device_id, fix_time) DO NOTHING")
+                "ON CONFLICT (device_id, fix_time) DO NOTHING RETURNING device_id, fix_time")
 _INSERT_EVENT = ("INSERT INTO device_events (device_id, event_time, type, received_at, lat, lon,"
                  " battery_pct, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                 " ON CONFLICT (device_id, event_time, type) DO NOTHING")
+                 " ON CONFLICT (device_id, event_time, type) DO NOTHING RETURNING 1")
 _INSERT_REJECT = ("INSERT INTO ingest_rejects (received_at, topic, payload, reason, device_id)"
                   " VALUES (%s, %s, %s, %s, %s)")
 
@@ -51,6 +50,12 @@ class Registered:
 class WriteResult:
     fixes_stored: int
     events_stored: int
+    alerts_changed: list[tuple[int, str]] = field(default_factory=list)
+
+
+# Called inside the batch transaction with the fixes and events new to the database (a
+# redelivered duplicate is not judged twice); returns the rule events to record as alerts.
+Judge = Callable[[list[Fix], list[DeviceEvent]], Awaitable[list[RuleEvent]]]
 
 
 def _fix_row(f: Fix) -> tuple:
@@ -68,7 +73,10 @@ async def _prepare_session(conn: psycopg.AsyncConnection) -> None:
 
 
 class IngestStore:
-    def __init__(self, database_url: str, max_size: int = 4) -> None:
+    def __init__(self, database_url: str, max_size: int = 4,
+                 severity: dict[str, str] | None = None) -> None:
+        self.url = database_url
+        self.severity = severity or {}
         self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=max_size, open=False,
                                         configure=_prepare_session, timeout=10)
 
@@ -80,9 +88,12 @@ class IngestStore:
         await self.pool.close()
 
     async def write(self, fixes: Sequence[Fix], events: Sequence[DeviceEvent],
-                    rejects: Sequence[Reject]) -> WriteResult:
-        """Store one batch atomically; duplicates (same device and time) are skipped."""
-        stored = events_stored = 0
+                    rejects: Sequence[Reject], judge: Judge | None = None) -> WriteResult:
+        """Store one batch atomically; duplicates (same device and time) are skipped. The
+        judge's conclusions commit with the fixes that led to them, or not at all."""
+        new_fixes: list[Fix] = []
+        new_events: list[DeviceEvent] = []
+        changed: list[tuple[int, str]] = []
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             if fixes:
                 async with cur.copy(_COPY_FIXES) as copy:
@@ -90,16 +101,37 @@ class IngestStore:
                     for f in fixes:
                         await copy.write_row(_fix_row(f))
                 await cur.execute(_MERGE_FIXES)
-                stored = cur.rowcount
+                fresh = set(await cur.fetchall())
+                new_fixes = [f for f in fixes if (f.device_id, f.fix_time) in fresh]
             if events:
                 await cur.executemany(_INSERT_EVENT, [
                     (e.device_id, e.event_time, e.type, e.received_at, e.lat, e.lon,
-                     e.battery_pct, Jsonb(e.data)) for e in events])
-                events_stored = cur.rowcount  # executemany sums the rows of each statement
+                     e.battery_pct, Jsonb(e.data)) for e in events], returning=True)
+                for e in events:
+                    if await cur.fetchone():
+                        new_events.append(e)
+                    cur.nextset()
             if rejects:
                 await cur.executemany(_INSERT_REJECT, [
                     (r.received_at, r.topic, r.payload, r.reason, r.device_id) for r in rejects])
-        return WriteResult(stored, events_stored)
+            if judge and (new_fixes or new_events):
+                rule_events = await judge(new_fixes, new_events)
+                changed = await record_rule_events(cur, rule_events, self.severity)
+        return WriteResult(len(new_fixes), len(new_events), changed)
+
+    async def record(self, produce: Callable[[], Awaitable[Sequence[RuleEvent]]]
+                     ) -> list[tuple[int, str]]:
+        """Record rule events from the timers. `produce` (which writes the rule state and says
+        which events stand) runs inside the transaction: if it fails, no alert is left behind."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            return await record_rule_events(cur, await produce(), self.severity)
+
+    async def load_world(self) -> WorldRows:
+        async with self.pool.connection() as conn:
+            return await load_world(conn)
+
+    def world_changes(self) -> AsyncIterator[str]:
+        return notifications(self.url)
 
     async def registered(self, device_ids: Iterable[str]) -> dict[str, Registered]:
         ids = list(device_ids)
@@ -120,84 +152,3 @@ class IngestStore:
                 "SELECT drop_chunks('fixes', older_than => now() - %s::interval)",
                 (retention,))).fetchall()
         return len(rows)
-
-
-# --- migrations ---------------------------------------------------------------------------------
-
-def migration_files(directory: Path) -> list[tuple[int, str, Path]]:
-    out = []
-    for p in sorted(directory.glob("*.sql")):
-        number, _, name = p.stem.partition("_")
-        if not number.isdigit():
-            raise ValueError(f"migration {p.name} must start with its number, e.g. 001_name.sql")
-        out.append((int(number), name, p))
-    numbers = [n for n, _, _ in out]
-    if len(set(numbers)) != len(numbers):
-        raise ValueError(f"two migrations share a number in {directory}")
-    return out
-
-
-def migrate(database_url: str, directory: Path) -> list[str]:
-    """Apply each not-yet-applied migration once, in order, each in its own transaction.
-    Forward only: an applied file that has since changed is an error, not a re-run."""
-    applied_now = []
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        # Two processes migrating at once would race on the same files.
-        conn.execute("SELECT pg_advisory_lock(74657468)")
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY,"
-                     " name text NOT NULL, sha256 text NOT NULL,"
-                     " applied_at timestamptz NOT NULL DEFAULT now())")
-        done = dict(conn.execute("SELECT version, sha256 FROM schema_migrations").fetchall())
-        for number, name, path in migration_files(directory):
-            sql = path.read_text()
-            digest = hashlib.sha256(sql.encode()).hexdigest()
-            if number in done:
-                if done[number] != digest:
-                    raise RuntimeError(f"migration {path.name} changed after it was applied; "
-                                       "add a new migration instead")
-                continue
-            with conn.transaction():
-                conn.execute(sql.encode())  # a whole file: bytes skip parameter parsing
-                conn.execute("INSERT INTO schema_migrations (version, name, sha256)"
-                             " VALUES (%s, %s, %s)", (number, name, digest))
-            applied_now.append(path.name)
-        conn.execute("SELECT pg_advisory_unlock(74657468)")
-    return applied_now
-
-
-# --- benchmark baselines and throwaway databases --------------------------------------------------
-
-def copy_baseline(database_url: str, fixes: Sequence[Fix]) -> None:
-    """Raw binary COPY straight into the hypertable: the ceiling ingest is measured against."""
-    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
-        with cur.copy(f"COPY fixes ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(_FIX_TYPES)
-            for f in fixes:
-                copy.write_row(_fix_row(f))
-        conn.commit()
-
-
-def count_fixes(database_url: str) -> int:
-    with psycopg.connect(database_url) as conn:
-        return conn.execute("SELECT count(*) FROM fixes").fetchone()[0]
-
-
-def register_devices(database_url: str, device_ids: Sequence[str]) -> None:
-    with psycopg.connect(database_url) as conn, conn.transaction():
-        j = conn.execute("INSERT INTO jurisdictions (name) VALUES ('bench') RETURNING id")
-        s = conn.execute("INSERT INTO subjects (name, jurisdiction_id) VALUES ('bench', %s)"
-                         " RETURNING id", (j.fetchone()[0],)).fetchone()[0]
-        with conn.cursor().copy("COPY devices (id, kind, subject_id) FROM STDIN") as copy:
-            for d in device_ids:
-                copy.write_row((d, "wearable", s))
-
-
-def create_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            psycopg.sql.Identifier(name)))

@@ -1,0 +1,189 @@
+"""The thin runner of the rules engine (geofence) inside an ingest worker.
+
+The world (zones, subjects, devices, victims) lives in memory, reloaded whenever PostgreSQL
+announces a change. Subject rule state lives in Redis (ingest/state.py), shared by all workers
+and written compare-and-set: a subject judged by two workers at once is judged again by the
+loser on fresh state, so no breach is raised twice or missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import msgspec
+import numpy as np
+
+from geofence.engine import World, evaluate
+from geofence.rules import RuleEvent, RuleSettings, SubjectState
+from geofence.schedule import parse_schedule
+from geofence.timers import next_due, tick
+from geofence.types import DeviceEvent, DeviceKind, Fix, Subject, VictimLink
+from geofence.zones import Zone, ZoneIndex
+from ingest import logs
+from ingest.settings import Settings
+from ingest.state import StateError, SubjectStates
+from ingest.store import IngestStore, TransientError
+from ingest.store.world import WorldRows
+
+log = logs.get("ingest.rules")
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(SubjectState).decode
+MAX_CAS_ROUNDS = 20
+TICK_BATCH = 500
+TICK_LEASE_S = 30.0
+
+
+class StateConflict(RuntimeError):
+    """A subject's state kept changing under us; the batch is retried as a whole."""
+
+
+def rule_settings(s: Settings) -> RuleSettings:
+    return RuleSettings(
+        min_accuracy_m=s.min_accuracy_m, unknown_accuracy_m=s.unknown_accuracy_m,
+        probable_dwell_s=s.probable_dwell_s, max_gap_s=s.max_gap_s, clear_fixes=s.clear_fixes,
+        clear_s=s.clear_s, fresh_s=s.fresh_s, separation_m=s.separation_m,
+        separation_dwell_s=s.separation_dwell_s, battery_low_pct=s.battery_low_pct,
+        battery_clear_pct=s.battery_clear_pct, spoof_window_s=s.spoof_window_s,
+        late_after_s=s.late_after_s,
+        offline_after_s={DeviceKind.WEARABLE: s.offline_wearable_s,
+                         DeviceKind.PHONE: s.offline_phone_s,
+                         DeviceKind.VICTIM: s.offline_victim_s})
+
+
+def build_world(rows: WorldRows) -> tuple[World, dict[str, list[int]]]:
+    """Rows → domain types, zones compiled (CPU work: run it off the event loop)."""
+    zones = [Zone(zid, name, kind, geom, jur, created, radius_m=radius, buffer_m=buffer,
+                  subject_id=sid, schedule=parse_schedule(sched), deleted_at=deleted)
+             for zid, name, kind, geom, radius, buffer, sid, jur, sched, created, deleted
+             in rows.zones]
+    devices: dict[int, dict[str, DeviceKind]] = defaultdict(dict)
+    owner: dict[str, list[int]] = defaultdict(list)
+    for device_id, subject_id, kind in rows.devices:
+        devices[subject_id][device_id] = DeviceKind(kind)
+        owner[device_id].append(subject_id)
+    subjects = {sid: Subject(sid, tuple(path), tz, devices.get(sid, {}))
+                for sid, path, tz in rows.subjects}
+    victims: dict[int, list[VictimLink]] = defaultdict(list)
+    for vid, sid, device_id, radius in rows.victims:
+        victims[sid].append(VictimLink(vid, sid, device_id, radius))
+        if sid not in owner[device_id]:  # a victim's fix is judged for each protected subject
+            owner[device_id].append(sid)
+    index = ZoneIndex(zones)
+    for zid, why in index.errors.items():
+        log.warning("zone cannot be judged", zone_id=zid, reason=why)
+    return World(index, subjects, dict(victims)), dict(owner)
+
+
+class Rules:
+    def __init__(self, settings: Settings, store: IngestStore, states: SubjectStates) -> None:
+        self.settings = settings
+        self.rs = rule_settings(settings)
+        self.store = store
+        self.states = states
+        self.world: World | None = None
+        self.owner: dict[str, list[int]] = {}
+        self.loaded = asyncio.Event()
+
+    async def reload(self) -> None:
+        rows = await self.store.load_world()
+        self.world, self.owner = await asyncio.to_thread(build_world, rows)
+        self.loaded.set()
+        # New zones or schedules may start windows now: every subject gets a look at once.
+        await self.states.make_due(self.world.subjects, time.time(), only_new=False)
+        log.info("world loaded", zones=len(self.world.zones), subjects=len(self.world.subjects))
+
+    async def watch(self) -> None:
+        """Reload on every change notification; reconnect and reload if the channel drops."""
+        backoff = 0.5
+        while True:
+            try:
+                changes = self.store.world_changes()
+                async for _ in changes:
+                    # Coalesce a burst of changes (an import of many zones) into one reload.
+                    await asyncio.sleep(0.1)
+                    await self.reload()
+                    backoff = 0.5
+            except (*TransientError, StateError, OSError) as e:
+                logs.still_running()
+                log.warning("world reload failed; retrying", error=str(e))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    def _group(self, fixes: Sequence[Fix], events: Sequence[DeviceEvent]) -> tuple[dict, dict]:
+        by_fix: dict[int, list[Fix]] = defaultdict(list)
+        by_event: dict[int, list[DeviceEvent]] = defaultdict(list)
+        for f in fixes:
+            for sid in self.owner.get(f.device_id, ()):
+                by_fix[sid].append(f)
+        for e in events:
+            for sid in self.owner.get(e.device_id, ()):
+                by_event[sid].append(e)
+        return by_fix, by_event
+
+    async def judge(self, fixes: list[Fix], events: list[DeviceEvent]) -> list[RuleEvent]:
+        """Judge a batch's new fixes and events; called inside the batch's DB transaction."""
+        await self.loaded.wait()
+        world = self.world
+        near_lists = world.zones.near(np.array([f.lon for f in fixes]),
+                                      np.array([f.lat for f in fixes]))
+        near = {id(f): z for f, z in zip(fixes, near_lists, strict=True)}
+        by_fix, by_event = self._group(fixes, events)
+        pending = {sid for sid in (*by_fix, *by_event) if sid in world.subjects}
+        now = datetime.now(UTC)
+        out: list[RuleEvent] = []
+        for _ in range(MAX_CAS_ROUNDS):
+            loaded = await self.states.load(sorted(pending))
+            updates, results = [], {}
+            for sid, (version, raw) in loaded.items():
+                st = _decode(raw) if raw else SubjectState()
+                subject = world.subjects[sid]
+                results[sid] = evaluate(st, subject, world, self.rs, by_fix.get(sid, ()),
+                                        by_event.get(sid, ()), near)
+                due = next_due(st, subject, world, self.rs, now).timestamp()
+                updates.append((sid, version, _encode(st), due))
+            stale = await self.states.save(updates)
+            out += [e for sid, evs in results.items() if sid not in stale for e in evs]
+            if not stale:
+                return out
+            pending = stale
+        raise StateConflict(f"{len(pending)} subjects kept changing")
+
+    async def ticker(self) -> None:
+        """Time-driven checks for subjects that are due (schedule boundaries, silence)."""
+        await self.loaded.wait()
+        while True:
+            try:
+                while await self.tick_once(datetime.now(UTC)) == TICK_BATCH:
+                    pass  # more are due: keep going without sleeping
+            except (*TransientError, StateError, StateConflict, OSError) as e:
+                logs.still_running()
+                log.warning("time checks postponed", error=str(e))
+            await asyncio.sleep(self.settings.tick_interval_s)
+
+    async def tick_once(self, now: datetime) -> int:
+        world = self.world
+        ids = [i for i in await self.states.claim_due(now.timestamp(), TICK_BATCH, TICK_LEASE_S)
+               if i in world.subjects]
+        if not ids:
+            return 0
+        loaded = await self.states.load(ids)
+        updates, results = [], {}
+        for sid, (version, raw) in loaded.items():
+            st = _decode(raw) if raw else SubjectState()
+            subject = world.subjects[sid]
+            results[sid] = tick(st, subject, world, self.rs, now)
+            due = next_due(st, subject, world, self.rs, now).timestamp()
+            updates.append((sid, version, _encode(st), due))
+
+        async def save_states() -> list[RuleEvent]:
+            stale = await self.states.save(updates)
+            if stale:  # judged by another worker meanwhile: look again at once
+                await self.states.make_due(stale, now.timestamp(), only_new=False)
+            return [e for sid, evs in results.items() if sid not in stale for e in evs]
+
+        await self.store.record(save_states)
+        return len(ids)

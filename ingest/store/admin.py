@@ -1,0 +1,90 @@
+"""Schema migrations, throwaway databases and benchmark baselines."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import psycopg
+import psycopg.sql
+
+from geofence.types import Fix
+from ingest.store.writes import _COLS, _FIX_TYPES, _fix_row
+
+
+def migration_files(directory: Path) -> list[tuple[int, str, Path]]:
+    out = []
+    for p in sorted(directory.glob("*.sql")):
+        number, _, name = p.stem.partition("_")
+        if not number.isdigit():
+            raise ValueError(f"migration {p.name} must start with its number, e.g. 001_name.sql")
+        out.append((int(number), name, p))
+    numbers = [n for n, _, _ in out]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError(f"two migrations share a number in {directory}")
+    return out
+
+
+def migrate(database_url: str, directory: Path) -> list[str]:
+    """Apply each not-yet-applied migration once, in order, each in its own transaction.
+    Forward only: an applied file that has since changed is an error, not a re-run."""
+    applied_now = []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # Two processes migrating at once would race on the same files.
+        conn.execute("SELECT pg_advisory_lock(74657468)")
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY,"
+                     " name text NOT NULL, sha256 text NOT NULL,"
+                     " applied_at timestamptz NOT NULL DEFAULT now())")
+        done = dict(conn.execute("SELECT version, sha256 FROM schema_migrations").fetchall())
+        for number, name, path in migration_files(directory):
+            sql = path.read_text()
+            digest = hashlib.sha256(sql.encode()).hexdigest()
+            if number in done:
+                if done[number] != digest:
+                    raise RuntimeError(f"migration {path.name} changed after it was applied; "
+                                       "add a new migration instead")
+                continue
+            with conn.transaction():
+                conn.execute(sql.encode())  # a whole file: bytes skip parameter parsing
+                conn.execute("INSERT INTO schema_migrations (version, name, sha256)"
+                             " VALUES (%s, %s, %s)", (number, name, digest))
+            applied_now.append(path.name)
+        conn.execute("SELECT pg_advisory_unlock(74657468)")
+    return applied_now
+
+
+def copy_baseline(database_url: str, fixes: Sequence[Fix]) -> None:
+    """Raw binary COPY straight into the hypertable: the ceiling ingest is measured against."""
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY fixes ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_FIX_TYPES)
+            for f in fixes:
+                copy.write_row(_fix_row(f))
+        conn.commit()
+
+
+def count_fixes(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT count(*) FROM fixes").fetchone()[0]
+
+
+def register_devices(database_url: str, device_ids: Sequence[str]) -> None:
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        j = conn.execute("INSERT INTO jurisdictions (name) VALUES ('bench') RETURNING id")
+        s = conn.execute("INSERT INTO subjects (name, jurisdiction_id) VALUES ('bench', %s)"
+                         " RETURNING id", (j.fetchone()[0],)).fetchone()[0]
+        with conn.cursor().copy("COPY devices (id, kind, subject_id) FROM STDIN") as copy:
+            for d in device_ids:
+                copy.write_row((d, "wearable", s))
+
+
+def create_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            psycopg.sql.Identifier(name)))
