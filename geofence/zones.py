@@ -21,6 +21,7 @@ from geofence.schedule import Window
 from geofence.types import Subject
 
 GRID_DEG = 0.25
+EDGE_STEP_DEG = 0.001  # ~100 m: the chord error left is below a millimetre
 CIRCLE_SEGMENTS = 64  # only for the bounding box; circle depth is computed exactly
 
 
@@ -133,6 +134,9 @@ def compile_zone(zone: Zone) -> CompiledZone:
         cz = CompiledZone(zone, frame, None, None, (cx, cy, float(zone.radius_m)))
         extent = shapely.Point(cx, cy).buffer(zone.radius_m, quad_segs=CIRCLE_SEGMENTS // 4)
     else:
+        # GeoJSON edges are straight in lon/lat (RFC 7946), not in the metric frame: project
+        # densified edges, or a 10 km east-west edge would sit ~1 m off its parallel.
+        geom = shapely.segmentize(geom, EDGE_STEP_DEG)
         shape_m = shapely.transform(geom, lambda xy: np.column_stack(
             frame.fwd.transform(xy[:, 0], xy[:, 1])))
         shapely.prepare(shape_m)
