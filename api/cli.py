@@ -104,6 +104,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.engine:
+        from simulators.bench_engine import main as engine_main
+        return engine_main(args.subjects, args.zones)
     from simulators.bench import main as bench_main
     s = _settings(args)
     return bench_main(s, args)
@@ -164,6 +167,10 @@ def parser() -> argparse.ArgumentParser:
                     help="also measure with this many fixes per MQTT message (a batch array)")
     sp.add_argument("--devices", type=int, default=1000)
     sp.add_argument("--json", action="store_true", help="also print the raw numbers as JSON")
+    sp.add_argument("--engine", action="store_true",
+                    help="the rules engine alone (no I/O): --subjects against --zones")
+    sp.add_argument("--subjects", type=int, default=10_000)
+    sp.add_argument("--zones", type=int, default=5_000)
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
     ua = user.add_parser("add", help="create a user")
     ua.add_argument("name")

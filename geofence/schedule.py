@@ -105,7 +105,23 @@ def boundaries(windows: tuple[Window, ...] | None, tz: ZoneInfo, after: datetime
 
 def next_boundary(windows: tuple[Window, ...] | None, tz: ZoneInfo,
                   after: datetime) -> datetime | None:
+    """The first window start or end after `after`: day by day, stopping at the first found
+    (asked once per judged fix, so it must not build a week of boundaries each time)."""
     if windows is None:
         return None
-    found = boundaries(windows, tz, after, after + timedelta(days=8))
-    return found[0][0] if found else None
+    d = after.astimezone(tz).date() - timedelta(days=1)
+    best: datetime | None = None
+    for _ in range(9):
+        for w in windows:
+            if d.weekday() != w.day:
+                continue
+            for t in (_instant(d, w.start, tz),
+                      _instant(d + timedelta(days=1) if w.overnight else d, w.end, tz)):
+                if t > after and (best is None or t < best):
+                    best = t
+        # Every boundary of a later day lies after this day's; an overnight end is at most
+        # one day later, so one more day settles it.
+        if best is not None and best.astimezone(tz).date() < d:
+            break
+        d += timedelta(days=1)
+    return best

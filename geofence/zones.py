@@ -165,7 +165,16 @@ class ZoneIndex:
         self._spatial = [c for c in self.by_id.values() if c.zone.kind == "exclusion"
                          or c.zone.schedule is not None]
         self._tree = shapely.STRtree([shapely.box(*c.bbox) for c in self._spatial])
-        self._inclusion = [c for c in self.by_id.values() if c.zone.kind == "inclusion"]
+        # Inclusion zones are judged wherever the subject is, so they are found by owner, not
+        # by place: per subject, and per jurisdiction for shared ones (e.g. a county border).
+        self._incl_subject: dict[int, list[CompiledZone]] = {}
+        self._incl_shared: dict[int, list[CompiledZone]] = {}
+        for c in self.by_id.values():
+            if c.zone.kind == "inclusion":
+                owner, key = ((self._incl_subject, c.zone.subject_id)
+                              if c.zone.subject_id is not None
+                              else (self._incl_shared, c.zone.jurisdiction_id))
+                owner.setdefault(key, []).append(c)
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -181,4 +190,7 @@ class ZoneIndex:
         return out
 
     def inclusion_for(self, subject: Subject) -> list[CompiledZone]:
-        return [c for c in self._inclusion if c.zone.applies_to(subject)]
+        out = list(self._incl_subject.get(subject.id, ()))
+        for j in subject.jurisdiction_path:
+            out.extend(self._incl_shared.get(j, ()))
+        return out

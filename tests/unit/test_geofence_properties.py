@@ -120,3 +120,13 @@ def test_zone_errors_name_the_problem() -> None:
             assert part in str(e), (str(e), part)
         else:
             raise AssertionError(f"accepted {geom}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(windows_st, zones_st, st.integers(0, 365 * 24 * 4))
+def test_next_boundary_is_the_first_of_the_boundaries(raw, tz_name, quarter_hours) -> None:
+    from geofence.schedule import next_boundary
+    windows, tz = parse_schedule(raw), zone_info(tz_name)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=15 * quarter_hours)
+    expected = boundaries(windows, tz, t0, t0 + timedelta(days=8))
+    assert next_boundary(windows, tz, t0) == (expected[0][0] if expected else None)
