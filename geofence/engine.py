@@ -148,6 +148,9 @@ class Judge:
         self.back_online(st, f.device_id, f.received_at)
         if f.mock or f.outlier:
             self.spoofing(st, f)
+        elif ((spoof := st.rules.get(f"spoof:{f.device_id}")) and spoof.st == "breach"
+              and step(spoof, None, 0.0, f.fix_time.timestamp(), self.s)):
+            self.emit(CLEAR, "location_spoofing", f.fix_time, device_id=f.device_id)
         if f.outlier:
             return
         if kind == DeviceKind.VICTIM:
@@ -185,16 +188,19 @@ class Judge:
                                 self.s.separation_m, st.rules, True, self.s.separation_dwell_s)
 
     def spoofing(self, st: SubjectState, f: Fix) -> None:
+        """A mock-location fix at once; impossible jumps only when two come within the
+        window (one is a GPS glitch). It ends after sustained good fixes (see `fix`)."""
         r = st.rules.setdefault(f"spoof:{f.device_id}", Rule())
         t = f.fix_time.timestamp()
-        recent = r.st == "pending" and t - r.last <= self.s.spoof_window_s
-        if f.mock or recent:
-            if force_open(r, t):
-                self.emit(OPEN, "location_spoofing", f.fix_time, device_id=f.device_id,
-                          confidence="confident" if f.mock else "probable", position=_pos(f),
-                          late=self.is_late(f),
-                          details={"reason": "mock location" if f.mock else "impossible jumps"})
-        elif r.st == "clear" or not recent:
+        if r.st == "breach":
+            r.n, r.cn, r.last = r.n + 1, 0, t
+        elif f.mock or (r.st == "pending" and t - r.last <= self.s.spoof_window_s):
+            force_open(r, t)
+            self.emit(OPEN, "location_spoofing", f.fix_time, device_id=f.device_id,
+                      confidence="confident" if f.mock else "probable", position=_pos(f),
+                      late=self.is_late(f),
+                      details={"reason": "mock location" if f.mock else "impossible jumps"})
+        else:
             r.st, r.last = "pending", t
 
     def battery(self, st: SubjectState, device_id: str, pct: int, at: datetime) -> None:
@@ -238,9 +244,8 @@ class Judge:
         elif e.type == "strap_closed":
             self.device_rule(st, f"strap:{e.device_id}", "strap_tamper", False, e.event_time,
                              e.device_id)
-        elif e.type == "sos":
-            self.device_rule(st, f"sos:{e.device_id}", "sos", True, e.event_time, e.device_id,
-                             **kw)
+        elif e.type == "sos":  # every press counts: no state that could swallow the next one
+            self.emit(OPEN, "sos", e.event_time, device_id=e.device_id, **kw)
         elif e.type == "battery_low":
             self.device_rule(st, f"batt:{e.device_id}", "battery_low", True, e.event_time,
                              e.device_id, details={"battery_pct": e.battery_pct}, **kw)

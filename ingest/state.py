@@ -50,6 +50,15 @@ for i, key in ipairs(KEYS) do
   end
 end
 """
+# Reads many hashes in one command: redis-py's cost is per command, not per key.
+_HMGET_MANY = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local row = redis.call('HMGET', key, unpack(ARGV))
+  for j = 1, #ARGV do out[#out + 1] = row[j] or false end
+end
+return out
+"""
 _EVENT_FIELDS = {"online": ("status", "online"), "offline": ("status", "offline"),
                  "strap_open": ("strap", "open"), "strap_closed": ("strap", "closed"),
                  "charger_on": ("charger", "on"), "charger_off": ("charger", "off")}
@@ -65,6 +74,14 @@ class DeviceState:
         self.prefix = prefix
         self._fixes = self.client.register_script(_UPDATE_FIXES)
         self._events = self.client.register_script(_UPDATE_EVENTS)
+        self._hmget_many = self.client.register_script(_HMGET_MANY)
+
+    async def hmget_many(self, keys: Sequence[str], fields: Sequence[str]) -> list[list]:
+        if not keys:
+            return []
+        flat = await self._hmget_many(keys=list(keys), args=list(fields))
+        n = len(fields)
+        return [flat[i:i + n] for i in range(0, len(flat), n)]
 
     def key(self, device_id: str) -> str:
         return f"{self.prefix}dev:{device_id}"
@@ -73,10 +90,8 @@ class DeviceState:
         await self.client.aclose()
 
     async def last_good(self, device_ids: Sequence[str]) -> dict[str, LastGood]:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for d in device_ids:
-                pipe.hmget(self.key(d), "good_ts", "good_lat", "good_lon", "good_acc")
-            rows = await pipe.execute()
+        rows = await self.hmget_many([self.key(d) for d in device_ids],
+                                     ("good_ts", "good_lat", "good_lon", "good_acc"))
         out = {}
         for d, (ts, lat, lon, acc) in zip(device_ids, rows, strict=True):
             if ts is not None:
@@ -151,6 +166,7 @@ return ids
 
 class SubjectStates:
     def __init__(self, device_state: DeviceState) -> None:
+        self.devices = device_state
         self.client = device_state.client
         self.prefix = device_state.prefix
         self.due_key = f"{self.prefix}due"
@@ -162,10 +178,7 @@ class SubjectStates:
 
     async def load(self, subject_ids: Sequence[int]) -> dict[int, tuple[int, bytes | None]]:
         """(version, state bytes or None) per subject, in one round trip."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for s in subject_ids:
-                pipe.hmget(self.key(s), "v", "s")
-            rows = await pipe.execute()
+        rows = await self.devices.hmget_many([self.key(s) for s in subject_ids], ("v", "s"))
         return {s: (int(v or 0), raw) for s, (v, raw) in zip(subject_ids, rows, strict=True)}
 
     async def save(self, updates: Sequence[tuple[int, int, bytes, float]]) -> set[int]:

@@ -30,14 +30,20 @@ ROUND = 3
 
 
 def _payloads(devices: list[str], n: int, per_msg: int, root: str) -> list[tuple[str, bytes]]:
+    """Each device walks (a few metres per fix) from its own start, one fix per second."""
     rng = random.Random(3)
     t0 = time.time() - 86400
+    where = {d: [31.2 + rng.random() / 10, 121.4 + rng.random() / 10] for d in devices}
     out, i = [], 0
     while i < n:
         d = devices[(i // per_msg) % len(devices)]
-        items = [{"ts": round(t0 + (i + k) * 0.01, 3), "lat": round(31.2 + rng.random() / 10, 6),
-                  "lon": round(121.4 + rng.random() / 10, 6), "acc": 10, "batt": 80}
-                 for k in range(min(per_msg, n - i))]
+        items = []
+        for k in range(min(per_msg, n - i)):
+            p = where[d]
+            p[0] += rng.uniform(-3e-5, 3e-5)
+            p[1] += rng.uniform(-3e-5, 3e-5)
+            items.append({"ts": round(t0 + (i + k), 3), "lat": round(p[0], 6),
+                          "lon": round(p[1], 6), "acc": 10, "batt": 80})
         out.append((f"{root}/devices/{d}/loc",
                     json.dumps(items[0] if per_msg == 1 else items).encode()))
         i += len(items)

@@ -70,12 +70,14 @@ def count_fixes(database_url: str) -> int:
 
 
 def register_devices(database_url: str, device_ids: Sequence[str]) -> None:
+    """One subject per device, all in one jurisdiction."""
     with psycopg.connect(database_url) as conn, conn.transaction():
         j = conn.execute("INSERT INTO jurisdictions (name) VALUES ('bench') RETURNING id")
-        s = conn.execute("INSERT INTO subjects (name, jurisdiction_id) VALUES ('bench', %s)"
-                         " RETURNING id", (j.fetchone()[0],)).fetchone()[0]
+        subjects = [r[0] for r in conn.execute(
+            "INSERT INTO subjects (name, jurisdiction_id) SELECT 'bench ' || g, %s"
+            " FROM generate_series(1, %s) g RETURNING id", (j.fetchone()[0], len(device_ids)))]
         with conn.cursor().copy("COPY devices (id, kind, subject_id) FROM STDIN") as copy:
-            for d in device_ids:
+            for d, s in zip(device_ids, subjects, strict=True):
                 copy.write_row((d, "wearable", s))
 
 

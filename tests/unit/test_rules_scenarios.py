@@ -214,7 +214,7 @@ def test_offline_is_one_alert_per_outage() -> None:
     ([("strap_open", {})], [("strap_tamper", "open")]),
     ([("tamper", {}), ("strap_closed", {})], [("strap_tamper", "open"),
                                                ("strap_tamper", "clear")]),
-    ([("sos", {}), ("sos", {})], [("sos", "open")]),
+    ([("sos", {}), ("sos", {})], [("sos", "open"), ("sos", "open")]),  # one incident in the DB
     ([("battery_low", {})], [("battery_low", "open")]),
     ([("owntracks_status", {"android": {"loc": -1, "bo": 0}})],
      [("tracking_impaired", "open")]),
@@ -241,6 +241,10 @@ def test_spoofing_mock_at_once_and_jumps_only_when_repeated() -> None:
     assert run.events == []  # one impossible jump is a glitch
     run.track([fix(T0 + MIN, offset(0, 0), outlier=True)])
     assert [e.type for e in run.opened()] == ["location_spoofing"]
+    run.track([fix(T0 + (2 + i) * MIN, offset(0, 0), outlier=i % 2 == 0) for i in range(6)])
+    assert len(run.opened()) == 1  # still the same incident: jumps keep it open, not reopen it
+    run.track([fix(T0 + (10 + i) * MIN, offset(0, 0)) for i in range(3)])
+    assert [(e.type, e.action) for e in run.events][-1] == ("location_spoofing", "clear")
     run2 = Run([])
     run2.track([fix(T0, offset(0, 0), mock=True)])
     assert [(e.type, e.confidence) for e in run2.opened()] == [("location_spoofing",
