@@ -76,7 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    _run(_serve(_settings(args), True, False))
+    s = _settings(args)
+    if args.metrics_port or s.metrics_port:
+        from prometheus_client import start_http_server
+        start_http_server(args.metrics_port or s.metrics_port, addr=s.http_host)
+    _run(_serve(s, True, False))
     return 0
 
 
@@ -150,6 +154,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--host")
         sp.add_argument("--port", type=int)
         sp.add_argument("--client-id", help="MQTT client id of this worker (one per worker)")
+        sp.add_argument("--metrics-port", type=int, help="(ingest) serve /metrics here")
     sp = add("demo", cmd_demo, "seed a demo fleet and run everything")
     sp.add_argument("--devices", type=int, default=200)
     sp.add_argument("--interval", type=float, default=5.0)

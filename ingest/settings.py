@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     mqtt_share_group: str = "tether-ingest"
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    metrics_port: int | None = Field(None, description="`tether ingest` alone: serve "
+                                     "/metrics on this port (`serve` has it on the API)")
 
     batch_rows: int = Field(2000, ge=1, description="flush when a batch holds this many fixes")
     batch_messages: int = Field(2000, ge=1, description="... or this many MQTT messages")
