@@ -1,24 +1,57 @@
-"""The FastAPI application. Issue [3/7] adds the contract's REST surface; this is its base."""
+"""The FastAPI application: REST (contract §2), health and metrics."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Response
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from api import routes_enrol, routes_read
+from api.store import ApiStore, CheckViolation, Unavailable
+from ingest import logs
 from ingest.settings import Settings
+
+log = logs.get("api")
 
 
 def create_app(settings: Settings) -> FastAPI:
-    app = FastAPI(title="Tether", version="0.1.0",
-                  description="Real-time monitoring for community corrections. "
-                              "The device protocol (MQTT) is described in docs/contract.md.")
-    app.state.settings = settings
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await app.state.store.open()
+        try:
+            yield
+        finally:
+            await app.state.store.close()
 
-    @app.get("/healthz", tags=["ops"])
+    app = FastAPI(title="Tether", version="0.1.0", lifespan=lifespan,
+                  description="Real-time monitoring for community corrections. Bearer tokens "
+                              "from POST /api/auth/token. The device protocol (MQTT) is "
+                              "described in docs/contract.md.")
+    app.state.settings = settings
+    app.state.store = ApiStore(settings.database_url)
+    app.state.tokens = None
+    app.include_router(routes_enrol.router)
+    app.include_router(routes_read.router)
+
+    @app.exception_handler(Unavailable[0])
+    async def db_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable", path=request.url.path, error=str(exc))
+        return JSONResponse({"detail": "database unavailable; try again"}, status_code=503,
+                            headers={"Retry-After": "5"})
+
+    @app.exception_handler(CheckViolation)
+    async def check_violation(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"rejected by the database: {exc.diag.message_primary}"},
+                            status_code=422)
+
+    @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    @app.get("/metrics", tags=["operations"], response_class=Response)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import sys
 
@@ -90,7 +91,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from api.store import seed_demo
+    from api.store.demo import add_user, seed_demo
     from ingest.store import migrate
     from simulators.fleet import make_fleet
 
@@ -98,9 +99,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     migrate(s.database_url, s.migrations_dir)
     devices = make_fleet("demo-", args.devices, (31.2304, 121.4737), 5000, random.Random(7))
     seed_demo(s.database_url, [d.device_id for d in devices])
+    password = os.environ.get("TETHER_DEMO_PASSWORD", "tether-demo")
+    asyncio.run(add_user(s.database_url, _user_fields("admin", password, "admin", None),
+                         exist_ok=True))
     print(f"Tether demo: {len(devices)} simulated trackers reporting every {args.interval} s\n"
           f"  API       http://{s.http_host}:{s.http_port}/docs\n"
           f"  metrics   http://{s.http_host}:{s.http_port}/metrics\n"
+          f"  login     admin / {password} (POST /api/auth/token; TETHER_DEMO_PASSWORD)\n"
           f"  database  psql {s.database_url} -c 'select count(*) from fixes'\n"
           "Ctrl-C stops it.", flush=True)
     _run(_serve(s, True, True, (devices, args.interval)))
@@ -128,10 +133,33 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_fields(name: str, password: str, role: str, jurisdiction: int | None) -> dict:
+    from pydantic import ValidationError
+
+    from api.auth import hash_password
+    from api.models import UserIn
+    try:
+        body = UserIn(username=name, password=password, role=role, jurisdiction_id=jurisdiction)
+    except ValidationError as e:
+        raise SystemExit(f"tether user add: {e.errors()[0]['msg']}") from e
+    fields = body.model_dump(exclude={"password"})
+    fields["password_hash"] = hash_password(password)
+    return fields
+
+
 def cmd_user_add(args: argparse.Namespace) -> int:
-    print("tether user add arrives with the REST API (issue [3/7]); not available yet.",
-          file=sys.stderr)
-    return 2
+    from api.store import UniqueViolation
+    from api.store.demo import add_user
+
+    s = _settings(args)
+    fields = _user_fields(args.name, args.password, args.role, args.jurisdiction)
+    try:
+        row = asyncio.run(add_user(s.database_url, fields))
+    except UniqueViolation:
+        print(f"tether user add: user {args.name!r} exists already", file=sys.stderr)
+        return 1
+    print(f"created {row['role']} {row['username']} (id {row['id']})")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -179,6 +207,7 @@ def parser() -> argparse.ArgumentParser:
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
     ua = user.add_parser("add", help="create a user")
     ua.add_argument("name")
+    ua.add_argument("--database-url")
     ua.add_argument("--password", required=True)
     ua.add_argument("--role", choices=["admin", "commander", "officer"], required=True)
     ua.add_argument("--jurisdiction", type=int)

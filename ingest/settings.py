@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     mqtt_share_group: str = "tether-ingest"
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    token_ttl_s: int = Field(1800, ge=60, description="lifetime of an API bearer token")
+    login_max_failures: int = Field(5, description="failed logins per user name per window")
+    login_window_s: float = Field(300, description="... before logins are refused (429)")
     metrics_port: int | None = Field(None, description="`tether ingest` alone: serve "
                                      "/metrics on this port (`serve` has it on the API)")
 

@@ -1,4 +1,4 @@
-"""SQL of the API package (the only module of `api` importing psycopg)."""
+"""The demo fleet's jurisdictions, subjects and devices (idempotent)."""
 
 from __future__ import annotations
 
@@ -30,3 +30,21 @@ def seed_demo(database_url: str, device_ids: list[str]) -> None:
                                    " RETURNING id", (f"Subject {device_id}", county)).fetchone()[0]
             conn.execute("INSERT INTO devices (id, kind, subject_id) VALUES (%s, 'wearable', %s)",
                          (device_id, subject))
+
+
+async def add_user(database_url: str, fields: dict, exist_ok: bool = False) -> dict | None:
+    """For `tether user add` and the demo: no caller, so the audit row names none."""
+    from api.store import ApiStore, UniqueViolation
+    from api.store.accounts import create_user
+
+    store = ApiStore(database_url)
+    await store.open()
+    try:
+        async with store.write() as cur:
+            return await create_user(cur, None, fields)
+    except UniqueViolation:
+        if exist_ok:
+            return None
+        raise
+    finally:
+        await store.close()

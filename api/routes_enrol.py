@@ -1,0 +1,149 @@
+"""Logging in, enrolment writes and alert actions."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+from api import models
+from api.auth import Tokens, hash_password, verify_password
+from api.deps import Store, User, not_found, require, tokens
+from api.store import ForeignKeyViolation, Principal, UniqueViolation, enrol, reads
+from api.store import accounts as acc
+
+router = APIRouter(prefix="/api")
+WRITERS = ("admin", "commander")
+
+
+@router.post("/auth/token", response_model=models.Token, tags=["auth"])
+async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()],
+                db: Store, toks: Annotated[Tokens, Depends(tokens)]) -> dict:
+    s = request.app.state.settings
+    client = request.client.host if request.client else "?"
+    async with db.write() as cur:
+        by_user, by_client = await acc.recent_failures(
+            cur, form.username, client, timedelta(seconds=s.login_window_s))
+        if by_user >= s.login_max_failures or by_client >= 4 * s.login_max_failures:
+            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                                "too many failed logins; try again later",
+                                headers={"Retry-After": str(int(s.login_window_s))})
+        row = await acc.user_for_login(cur, form.username)
+        ok = verify_password(row["password_hash"] if row else None, form.password)
+        if not ok or row["disabled"]:
+            await acc.record_failure(cur, form.username, client)
+    if not ok or row["disabled"]:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user name or password",
+                            headers={"WWW-Authenticate": "Bearer"})
+    who = Principal(row["id"], row["username"], row["role"], row["jurisdiction_id"])
+    return {"access_token": toks.issue(who), "token_type": "bearer", "expires_in": toks.ttl_s}
+
+
+@router.post("/jurisdictions", response_model=models.Jurisdiction, status_code=201,
+             tags=["enrolment"])
+async def create_jurisdiction(body: models.JurisdictionIn, who: User, db: Store,
+                              request: Request) -> dict:
+    require(who, request, "admin")
+    async with db.write() as cur:
+        if body.parent_id and not await enrol.jurisdiction_in_scope(cur, who, body.parent_id):
+            raise not_found(who, request, "parent jurisdiction")
+        return await enrol.create_jurisdiction(cur, who, body.name, body.parent_id,
+                                               body.timezone)
+
+
+@router.post("/users", response_model=models.User, status_code=201, tags=["enrolment"])
+async def create_user(body: models.UserIn, who: User, db: Store, request: Request) -> dict:
+    require(who, request, "admin")
+    fields = body.model_dump(exclude={"password"})
+    fields["password_hash"] = hash_password(body.password)
+    try:
+        async with db.write() as cur:
+            if body.jurisdiction_id and not await enrol.jurisdiction_in_scope(
+                    cur, who, body.jurisdiction_id):
+                raise not_found(who, request, "jurisdiction")
+            return await acc.create_user(cur, who, fields)
+    except UniqueViolation as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, "user name already taken") from e
+
+
+@router.post("/subjects", response_model=models.Subject, status_code=201, tags=["enrolment"])
+async def create_subject(body: models.SubjectIn, who: User, db: Store, request: Request) -> dict:
+    require(who, request, *WRITERS)
+    async with db.write() as cur:
+        if not await enrol.jurisdiction_in_scope(cur, who, body.jurisdiction_id):
+            raise not_found(who, request, "jurisdiction")
+        if body.officer_id and not await enrol.user_in_scope(cur, who, body.officer_id):
+            raise not_found(who, request, "officer")
+        return await enrol.create_subject(cur, who, body.model_dump())
+
+
+@router.post("/devices", response_model=models.Device, status_code=201, tags=["enrolment"])
+async def create_device(body: models.DeviceIn, who: User, db: Store, request: Request) -> dict:
+    require(who, request, *WRITERS)
+    try:
+        async with db.write() as cur:
+            if not await enrol.subject_in_scope(cur, who, body.subject_id):
+                raise not_found(who, request, "subject")
+            return await enrol.create_device(cur, who, body.model_dump())
+    except UniqueViolation as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, "device id already enrolled") from e
+
+
+@router.post("/zones", response_model=models.Zone, status_code=201, tags=["enrolment"])
+async def create_zone(body: models.ZoneIn, who: User, db: Store, request: Request) -> dict:
+    require(who, request, *WRITERS)
+    async with db.write() as cur:
+        if not await enrol.jurisdiction_in_scope(cur, who, body.jurisdiction_id):
+            raise not_found(who, request, "jurisdiction")
+        if body.subject_id and not await enrol.subject_in_scope(cur, who, body.subject_id):
+            raise not_found(who, request, "subject")
+        return await enrol.create_zone(cur, who, body.model_dump())
+
+
+@router.post("/subjects/{subject_id}/victims", response_model=models.Victim, status_code=201,
+             tags=["enrolment"])
+async def add_victim(subject_id: int, body: models.VictimIn, who: User, db: Store,
+                     request: Request) -> dict:
+    require(who, request, *WRITERS)
+    try:
+        async with db.write() as cur:
+            if not await enrol.subject_in_scope(cur, who, subject_id):
+                raise not_found(who, request, "subject")
+            device = await enrol.device_in_scope(cur, who, body.device_id)
+            if device is None:
+                raise not_found(who, request, "device")
+            if device["kind"] != "victim":
+                raise HTTPException(422, "the device must be enrolled with kind 'victim'")
+            return await enrol.create_victim(cur, who, subject_id, body.device_id,
+                                             body.radius_m)
+    except (UniqueViolation, ForeignKeyViolation) as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, "this victim is already linked") from e
+
+
+async def _alert_action(alert_id: int, who: Principal, db: Store, request: Request,
+                        to: str, action: str, note: str | None) -> dict:
+    async with db.write() as cur:
+        before = await enrol.alert_for_update(cur, who, alert_id)
+        if before is None:
+            raise not_found(who, request, "alert")
+        if before["status"] == "resolved" or (to == "acknowledged"
+                                              and before["status"] == "acknowledged"):
+            raise HTTPException(status.HTTP_409_CONFLICT, f"the alert is {before['status']}")
+        await enrol.alert_action(cur, who, before, to, action, note)
+        (after,) = await reads.alerts(cur, who, alert_id=alert_id, limit=1)
+        return after
+
+
+@router.post("/alerts/{alert_id}/ack", response_model=models.Alert, tags=["alerts"])
+async def ack(alert_id: int, body: models.NoteIn, who: User, db: Store,
+              request: Request) -> dict:
+    return await _alert_action(alert_id, who, db, request, "acknowledged", "acknowledged",
+                               body.note)
+
+
+@router.post("/alerts/{alert_id}/resolve", response_model=models.Alert, tags=["alerts"])
+async def resolve(alert_id: int, body: models.ResolveIn, who: User, db: Store,
+                  request: Request) -> dict:
+    return await _alert_action(alert_id, who, db, request, "resolved", "resolved", body.note)
