@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import routes_enrol, routes_read
-from api.store import ApiStore, CheckViolation, Unavailable
+from api.store import ApiStore, CheckViolation, DataError, Unavailable
 from ingest import logs
 from ingest.settings import Settings
 
@@ -43,8 +43,13 @@ def create_app(settings: Settings) -> FastAPI:
                             headers={"Retry-After": "5"})
 
     @app.exception_handler(CheckViolation)
-    async def check_violation(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"rejected by the database: {exc.diag.message_primary}"},
+    @app.exception_handler(DataError)
+    async def refused_by_database(request: Request, exc: Exception) -> JSONResponse:
+        # Input that passed validation but that the database cannot hold: the client's error.
+        log.warning("input refused by the database", path=request.url.path,
+                    error=exc.diag.message_primary)
+        return JSONResponse({"detail": [{"type": "value_error", "loc": ["request"],
+                                         "msg": f"refused: {exc.diag.message_primary}"}]},
                             status_code=422)
 
     @app.get("/healthz", tags=["operations"])

@@ -7,7 +7,8 @@ import io
 from collections.abc import Iterable
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security import OAuth2PasswordBearer
 
@@ -52,6 +53,9 @@ async def current_user(request: Request, token: Annotated[str | None, Depends(oa
 
 
 User = Annotated[Principal, Depends(current_user)]
+# Ids and offsets are bounded so that no request can overflow a bigint in SQL (a 500).
+PathId = Annotated[int, Path(ge=1, le=2**62)]
+QueryId = Annotated[int | None, Query(ge=1, le=2**62)]
 Store = Annotated[ApiStore, Depends(store)]
 
 
@@ -66,6 +70,12 @@ def not_found(who: Principal, request: Request, what: str) -> HTTPException:
     log.warning("not found or out of scope", user=who.username, method=request.method,
                 path=request.url.path, what=what)
     return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} not found")
+
+
+def invalid(msg: str, *loc: str | int) -> RequestValidationError:
+    """A 422 in the same shape as FastAPI's own (the schema every client already handles)."""
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg,
+                                    "input": None}])
 
 
 def require(who: Principal, request: Request, *roles: str) -> None:

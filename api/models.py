@@ -21,6 +21,22 @@ Url = Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2000)]
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        """PostgreSQL text cannot hold NUL: say so here rather than fail in the database."""
+        def walk(v: Any, path: str) -> None:
+            if isinstance(v, str) and "\x00" in v:
+                raise ValueError(f"{path or 'body'}: NUL characters are not allowed")
+            if isinstance(v, dict):
+                for k, x in v.items():
+                    walk(x, f"{path}.{k}" if path else str(k))
+            elif isinstance(v, list):
+                for i, x in enumerate(v):
+                    walk(x, f"{path}[{i}]")
+        walk(data, "")
+        return data
+
 
 def _check_tz(v: str | None) -> str | None:
     if v is not None:

@@ -10,7 +10,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from api import models
 from api.auth import Tokens, hash_password, verify_password
-from api.deps import Store, User, not_found, require, tokens
+from api.deps import PathId, Store, User, invalid, not_found, require, tokens
 from api.store import ForeignKeyViolation, Principal, UniqueViolation, enrol, reads
 from api.store import accounts as acc
 
@@ -104,7 +104,7 @@ async def create_zone(body: models.ZoneIn, who: User, db: Store, request: Reques
 
 @router.post("/subjects/{subject_id}/victims", response_model=models.Victim, status_code=201,
              tags=["enrolment"])
-async def add_victim(subject_id: int, body: models.VictimIn, who: User, db: Store,
+async def add_victim(subject_id: PathId, body: models.VictimIn, who: User, db: Store,
                      request: Request) -> dict:
     require(who, request, *WRITERS)
     try:
@@ -115,7 +115,8 @@ async def add_victim(subject_id: int, body: models.VictimIn, who: User, db: Stor
             if device is None:
                 raise not_found(who, request, "device")
             if device["kind"] != "victim":
-                raise HTTPException(422, "the device must be enrolled with kind 'victim'")
+                raise invalid("the device must be enrolled with kind 'victim'", "body",
+                              "device_id")
             return await enrol.create_victim(cur, who, subject_id, body.device_id,
                                              body.radius_m)
     except (UniqueViolation, ForeignKeyViolation) as e:
@@ -137,13 +138,13 @@ async def _alert_action(alert_id: int, who: Principal, db: Store, request: Reque
 
 
 @router.post("/alerts/{alert_id}/ack", response_model=models.Alert, tags=["alerts"])
-async def ack(alert_id: int, body: models.NoteIn, who: User, db: Store,
+async def ack(alert_id: PathId, body: models.NoteIn, who: User, db: Store,
               request: Request) -> dict:
     return await _alert_action(alert_id, who, db, request, "acknowledged", "acknowledged",
                                body.note)
 
 
 @router.post("/alerts/{alert_id}/resolve", response_model=models.Alert, tags=["alerts"])
-async def resolve(alert_id: int, body: models.ResolveIn, who: User, db: Store,
+async def resolve(alert_id: PathId, body: models.ResolveIn, who: User, db: Store,
                   request: Request) -> dict:
     return await _alert_action(alert_id, who, db, request, "resolved", "resolved", body.note)

@@ -6,10 +6,20 @@ import base64
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 
 from api import models
-from api.deps import Store, User, csv_response, not_found, require, wants_csv
+from api.deps import (
+    PathId,
+    QueryId,
+    Store,
+    User,
+    csv_response,
+    invalid,
+    not_found,
+    require,
+    wants_csv,
+)
 from api.store import enrol, reads
 
 router = APIRouter(prefix="/api")
@@ -20,11 +30,11 @@ MAX_CORRELATE_WINDOW = timedelta(days=31)
 
 def _window(start: datetime, end: datetime, longest: timedelta | None = None) -> None:
     if start.tzinfo is None or end.tzinfo is None:
-        raise HTTPException(422, "from and to need a UTC offset (RFC 3339)")
+        raise invalid("from and to need a UTC offset (RFC 3339)", "query", "from")
     if end <= start:
-        raise HTTPException(422, "to must be after from")
+        raise invalid("to must be after from", "query", "to")
     if longest and end - start > longest:
-        raise HTTPException(422, f"the window may span at most {longest.days} days")
+        raise invalid(f"the window may span at most {longest.days} days", "query", "to")
 
 
 @router.get("/jurisdictions", response_model=list[models.Jurisdiction], tags=["enrolment"])
@@ -35,13 +45,13 @@ async def list_jurisdictions(who: User, db: Store) -> list[dict]:
 
 @router.get("/subjects", response_model=list[models.Subject], tags=["subjects"])
 async def list_subjects(who: User, db: Store, limit: Limit = 1000,
-                        offset: Annotated[int, Query(ge=0)] = 0) -> list[dict]:
+                        offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> list[dict]:
     async with db.read() as cur:
         return await reads.subjects(cur, who, None, limit, offset)
 
 
 @router.get("/subjects/{subject_id}", response_model=models.Subject, tags=["subjects"])
-async def get_subject(subject_id: int, who: User, db: Store, request: Request) -> dict:
+async def get_subject(subject_id: PathId, who: User, db: Store, request: Request) -> dict:
     async with db.read() as cur:
         rows = await reads.subjects(cur, who, subject_id, 1, 0)
     if not rows:
@@ -61,7 +71,7 @@ ALERT_CSV = ["id", "type", "severity", "status", "subject_id", "device_id", "zon
 
 @router.get("/alerts", response_model=list[models.Alert], tags=["alerts"],
             responses={200: {"content": {"text/csv": {}}}})
-async def list_alerts(who: User, db: Store, request: Request, subject_id: int | None = None,
+async def list_alerts(who: User, db: Store, request: Request, subject_id: QueryId = None,
                       status: Literal["open", "acknowledged", "resolved"] | None = None,
                       type: str | None = None, since: datetime | None = None,
                       limit: Limit = 500):
@@ -74,7 +84,7 @@ async def list_alerts(who: User, db: Store, request: Request, subject_id: int | 
 @router.get("/subjects/{subject_id}/track", tags=["subjects"],
             responses={200: {"description": "GeoJSON FeatureCollection (or CSV)",
                              "content": {"application/geo+json": {}, "text/csv": {}}}})
-async def get_track(subject_id: int, who: User, db: Store, request: Request,
+async def get_track(subject_id: PathId, who: User, db: Store, request: Request,
                     start: Annotated[datetime, Query(alias="from")],
                     end: Annotated[datetime, Query(alias="to")],
                     max_points: Annotated[int, Query(ge=2, le=MAX_TRACK_POINTS)] = 5000):

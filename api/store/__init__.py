@@ -20,6 +20,7 @@ Unavailable = (psycopg.OperationalError, TimeoutError)
 UniqueViolation = psycopg.errors.UniqueViolation
 ForeignKeyViolation = psycopg.errors.ForeignKeyViolation
 CheckViolation = psycopg.errors.CheckViolation
+DataError = psycopg.DataError  # a value the database cannot hold (NUL in text, overflow...)
 
 
 @dataclass(frozen=True, slots=True)

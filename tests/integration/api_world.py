@@ -26,7 +26,7 @@ class ApiWorld:
         return {"Authorization": f"Bearer {self.tokens[user]}"}
 
     async def get(self, user: str, url: str, headers: dict | None = None,
-                  **kw) -> httpx.Response:  # noqa: ANN003
+                  **kw) -> httpx.Response:
         return await self.client.get(url, headers={**self.auth(user), **(headers or {})}, **kw)
 
     async def post(self, user: str, url: str, body: dict | None = None) -> httpx.Response:

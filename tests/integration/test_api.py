@@ -12,7 +12,7 @@ import pytest
 
 from api.app import create_app
 from ingest.settings import Settings
-from tests.integration.api_world import PASSWORD, SEES, T, ApiWorld, seed
+from tests.integration.api_world import PASSWORD, SEES, ApiWorld, T, seed
 from tests.integration.conftest import count
 
 PLACES = ("city", "countyA", "countyB")
@@ -178,6 +178,7 @@ async def test_bad_zones_get_a_clear_422(world: ApiWorld, geometry, extra, messa
      "need a jurisdiction_id"),
     ("/api/subjects", {"name": "", "jurisdiction_id": 1}, "at least 1 character"),
     ("/api/subjects", {"name": "x", "jurisdiction_id": 1, "colour": "red"}, "Extra inputs"),
+    ("/api/subjects", {"name": "a\x00b", "jurisdiction_id": 1}, "NUL characters"),
 ])
 async def test_invalid_bodies_get_a_clear_422(world: ApiWorld, url, body, message) -> None:
     r = await world.post("admin", url, body)
@@ -262,3 +263,8 @@ async def test_database_outage_answers_503(base_settings: Settings) -> None:
         assert r.status_code == 503 and "database unavailable" in r.text
     finally:
         await app.state.store.close()
+
+
+async def test_a_value_the_database_refuses_is_a_422_not_a_500(world: ApiWorld) -> None:
+    r = await world.get("admin", "/api/alerts", params={"type": "a\x00b"})
+    assert r.status_code == 422 and "refused" in r.text
