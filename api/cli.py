@@ -113,6 +113,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.correlate:
+        from api.bench_correlate import main as correlate_main
+        return correlate_main(_settings(args), args.fixes if args.fixes != 60_000 else 1_000_000)
     if args.engine:
         from simulators.bench_engine import main as engine_main
         return engine_main(args.subjects, args.zones)
@@ -202,6 +205,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="also print the raw numbers as JSON")
     sp.add_argument("--engine", action="store_true",
                     help="the rules engine alone (no I/O): --subjects against --zones")
+    sp.add_argument("--correlate", action="store_true",
+                    help="crime-scene correlation over --fixes (default 1,000,000) seeded fixes")
     sp.add_argument("--subjects", type=int, default=10_000)
     sp.add_argument("--zones", type=int, default=5_000)
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
