@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import routes_enrol, routes_read
 from api.store import ApiStore, CheckViolation, DataError, Unavailable
+from api.ws import AlertHub, alerts_socket
 from ingest import logs
 from ingest.settings import Settings
 
@@ -21,9 +24,13 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.store.open()
+        hub = asyncio.create_task(app.state.hub.run(), name="api-alert-hub")
         try:
             yield
         finally:
+            hub.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hub
             await app.state.store.close()
 
     app = FastAPI(title="Tether", version="0.1.0", lifespan=lifespan,
@@ -35,6 +42,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.tokens = None
     app.include_router(routes_enrol.router)
     app.include_router(routes_read.router)
+    app.state.hub = AlertHub(app.state.store, settings.database_url)
+    app.add_api_websocket_route("/ws/alerts", alerts_socket)
 
     @app.exception_handler(Unavailable[0])
     async def db_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -61,6 +61,8 @@ async def _serve(s: Settings, with_ingest: bool, with_api: bool,
             server = uvicorn.Server(uvicorn.Config(create_app(s), host=s.http_host,
                                                    port=s.http_port, log_level="warning"))
             tg.create_task(server.serve(), name="api")
+            deliverer = await stack.enter_async_context(notifications(s))
+            tg.create_task(deliverer.run(), name="alerts-delivery")
             log.info("api listening", url=f"http://{s.http_host}:{s.http_port}")
         if with_ingest:
             worker = await stack.enter_async_context(ingest_worker(s))
@@ -69,6 +71,23 @@ async def _serve(s: Settings, with_ingest: bool, with_api: bool,
             devices, interval = fleet
             tg.create_task(run_fleet(Broker.from_url(s.mqtt_url), s.mqtt_root, devices, interval),
                            name="fleet")
+
+
+@contextlib.asynccontextmanager
+async def notifications(s: Settings):
+    from alerts.deliver import Deliverer, DeliverySettings
+    from alerts.store import OutboxStore
+
+    store = OutboxStore(s.database_url)
+    await store.open()
+    deliverer = Deliverer(store, DeliverySettings(
+        smtp_url=s.smtp_url, smtp_from=s.smtp_from, escalate_after_s=s.escalate_after_s,
+        give_up_after_s=s.delivery_give_up_s))
+    try:
+        yield deliverer
+    finally:
+        await deliverer.close()
+        await store.close()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

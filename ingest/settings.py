@@ -62,6 +62,14 @@ class Settings(BaseSettings):
         "device_offline": "medium", "tracking_impaired": "medium", "battery_low": "low"},
         description="alert severity per type (JSON object)")
     tick_interval_s: float = Field(1.0, description="how often due time-checks are looked for")
+
+    # Notifications (alerts/)
+    smtp_url: str | None = Field(None, description="smtp://user:password@host:port, or "
+                                 "smtp+starttls://...; unset: no e-mail")
+    smtp_from: str = "tether@localhost"
+    escalate_after_s: float = Field(300.0, description="an unacknowledged critical alert is "
+                                    "escalated to the parent jurisdiction's commanders")
+    delivery_give_up_s: float = Field(86_400.0, description="stop retrying a notification")
     migrations_dir: Path = REPO / "migrations"
     log_level: str = "INFO"
     log_json: bool = False

@@ -111,5 +111,6 @@ async def alert_action(cur: AsyncCursor, who: Principal, before: dict, status: s
                       (status, before["id"]))
     await cur.execute("INSERT INTO alert_history (alert_id, user_id, action, note)"
                       " VALUES (%s, %s, %s, %s)", (before["id"], who.id, action, note))
+    await cur.execute("SELECT tether_notify(%s, %s)", (before["id"], action))
     await audit(cur, who, action, "alert", before["id"], {"status": before["status"]},
                 {"status": status, "note": note})

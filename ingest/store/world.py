@@ -82,6 +82,11 @@ async def record_rule_events(cur: psycopg.AsyncCursor, events: Sequence[RuleEven
                 continue
             alert_id, action = row[0], "cleared"
         await cur.execute(_HISTORY, (alert_id, action, Jsonb(data)))
+        # The outbox, in this transaction: a repeat of an open incident only updates screens
+        # (no message per breach fix); opening and returning to compliance notify people.
+        event = {"opened": "opened", "cleared": "updated"}.get(action, "updated")
+        await cur.execute("SELECT tether_notify(%s, %s, %s)",
+                          (alert_id, event, action != "repeated"))
         changed.append((alert_id, action))
     return changed
 
