@@ -132,6 +132,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.alerts:
+        from api.bench_alerts import main as alerts_main
+        return alerts_main(_settings(args), args.breaches)
     if args.correlate:
         from api.bench_correlate import main as correlate_main
         return correlate_main(_settings(args), args.fixes if args.fixes != 60_000 else 1_000_000)
@@ -226,6 +229,9 @@ def parser() -> argparse.ArgumentParser:
                     help="the rules engine alone (no I/O): --subjects against --zones")
     sp.add_argument("--correlate", action="store_true",
                     help="crime-scene correlation over --fixes (default 1,000,000) seeded fixes")
+    sp.add_argument("--alerts", action="store_true",
+                    help="time from an MQTT breach to the alert on /ws/alerts (--breaches)")
+    sp.add_argument("--breaches", type=int, default=50)
     sp.add_argument("--subjects", type=int, default=10_000)
     sp.add_argument("--zones", type=int, default=5_000)
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)

@@ -17,4 +17,6 @@ state_errors = Counter("tether_ingest_state_errors_total", "failed Redis updates
 mqtt_connects = Counter("tether_ingest_mqtt_connects_total", "MQTT (re)connections")
 pending_batches = Gauge("tether_ingest_pending_batches", "batches waiting for the writer")
 alerts_changed = Counter("tether_alerts_changed_total", "alerts opened, repeated or cleared "
-                         "by the rules", ["action"])
+                         "by the rules", ["action", "type"])
+fix_to_alert = Histogram("tether_fix_to_alert_seconds", "from a batch's first message received "
+                         "to its alerts committed", buckets=(.05, .1, .2, .3, .5, 1, 2, 5, 10))

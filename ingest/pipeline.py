@@ -135,8 +135,10 @@ class Ingest:
         metrics.fixes_stored.inc(result.fixes_stored)
         metrics.fixes_duplicate.inc(len(fixes) - result.fixes_stored)
         metrics.events_stored.inc(result.events_stored)
-        for _alert_id, action in result.alerts_changed:
-            metrics.alerts_changed.labels(action).inc()
+        for _alert_id, action, type_ in result.alerts_changed:
+            metrics.alerts_changed.labels(action, type_).inc()
+            if action == "opened":
+                metrics.fix_to_alert.observe(time.monotonic() - batch.started)
         for r in (r for m in batch.messages for r in m.rejects):
             metrics.rejects.labels(r.reason.split(":", 1)[0][:40]).inc()
         for m in batch.messages:  # in arrival order, as MQTT asks of QoS 1 acks

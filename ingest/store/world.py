@@ -61,11 +61,11 @@ _HISTORY = "INSERT INTO alert_history (alert_id, action, data) VALUES (%s, %s, %
 
 
 async def record_rule_events(cur: psycopg.AsyncCursor, events: Sequence[RuleEvent],
-                             severity: dict[str, str]) -> list[tuple[int, str]]:
+                             severity: dict[str, str]) -> list[tuple[int, str, str]]:
     """One open incident per (subject, type, zone): a new breach while one is open updates it.
-    Returns (alert id, what happened) for each change. Events are few next to fixes, so one
+    Returns (alert id, what happened, type) for each change. Events are few next to fixes, so one
     statement each is fine here."""
-    changed: list[tuple[int, str]] = []
+    changed: list[tuple[int, str, str]] = []
     for e in events:
         data: dict[str, Any] = {"device_id": e.device_id, "at": e.at.isoformat(), **e.details}
         if e.action == "open":
@@ -87,7 +87,7 @@ async def record_rule_events(cur: psycopg.AsyncCursor, events: Sequence[RuleEven
         event = {"opened": "opened", "cleared": "updated"}.get(action, "updated")
         await cur.execute("SELECT tether_notify(%s, %s, %s)",
                           (alert_id, event, action != "repeated"))
-        changed.append((alert_id, action))
+        changed.append((alert_id, action, e.type))
     return changed
 
 

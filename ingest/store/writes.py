@@ -50,7 +50,7 @@ class Registered:
 class WriteResult:
     fixes_stored: int
     events_stored: int
-    alerts_changed: list[tuple[int, str]] = field(default_factory=list)
+    alerts_changed: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 # Called inside the batch transaction with the fixes and events new to the database (a
@@ -93,7 +93,7 @@ class IngestStore:
         judge's conclusions commit with the fixes that led to them, or not at all."""
         new_fixes: list[Fix] = []
         new_events: list[DeviceEvent] = []
-        changed: list[tuple[int, str]] = []
+        changed: list[tuple[int, str, str]] = []
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             if fixes:
                 async with cur.copy(_COPY_FIXES) as copy:
@@ -120,7 +120,7 @@ class IngestStore:
         return WriteResult(len(new_fixes), len(new_events), changed)
 
     async def record(self, produce: Callable[[], Awaitable[Sequence[RuleEvent]]]
-                     ) -> list[tuple[int, str]]:
+                     ) -> list[tuple[int, str, str]]:
         """Record rule events from the timers. `produce` (which writes the rule state and says
         which events stand) runs inside the transaction: if it fails, no alert is left behind."""
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:

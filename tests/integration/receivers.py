@@ -25,7 +25,7 @@ class Hook:
     received: list[dict] = field(default_factory=list)
     fail_with: int | None = None
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
         body = b""
@@ -47,7 +47,7 @@ async def http_receiver(hook: Hook, port: int) -> AsyncIterator[None]:
     server = uvicorn.Server(uvicorn.Config(hook, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve(), name="test-webhook-receiver")
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers only this flag
         await asyncio.sleep(0.02)
     try:
         yield
@@ -60,13 +60,13 @@ class Mailbox:
     def __init__(self) -> None:
         self.messages: list = []
 
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001, N802
+    async def handle_DATA(self, server, session, envelope) -> str:
         self.messages.append(envelope)
         return "250 OK"
 
 
 @contextlib.contextmanager
-def smtp_receiver(port: int):  # noqa: ANN201
+def smtp_receiver(port: int):
     box = Mailbox()
     controller = Controller(box, hostname="127.0.0.1", port=port)
     controller.start()

@@ -54,7 +54,7 @@ def raise_alert(db: psycopg.Connection, subject: int, type_: str = "exclusion_en
 
 
 @contextlib.asynccontextmanager
-async def delivering(settings: Settings, **kw):  # noqa: ANN003, ANN201
+async def delivering(settings: Settings, **kw):
     store = OutboxStore(settings.database_url)
     await store.open()
     d = Deliverer(store, DeliverySettings(poll_s=0.05, **kw))
