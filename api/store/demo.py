@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 
-def seed_demo(database_url: str, device_ids: list[str]) -> None:
+def seed_demo(database_url: str, device_ids: list[str],
+              center: tuple[float, float] = (31.2304, 121.4737)) -> None:
     """A demo jurisdiction tree with one subject per simulated device (idempotent)."""
     with psycopg.connect(database_url) as conn, conn.transaction():
         row = conn.execute("SELECT id FROM jurisdictions WHERE name = 'Demo Province'"
@@ -21,6 +23,15 @@ def seed_demo(database_url: str, device_ids: list[str]) -> None:
             county = conn.execute("INSERT INTO jurisdictions (name, parent_id)"
                                   " VALUES ('Demo County', %s) RETURNING id",
                                   (province,)).fetchone()[0]
+        if not conn.execute("SELECT 1 FROM zones WHERE jurisdiction_id = %s",
+                            (province,)).fetchone():
+            # A school in the middle of the fleet: some trackers start inside it, so alerts
+            # show at once; the ring warns those walking towards it.
+            conn.execute("INSERT INTO zones (name, kind, geometry, radius_m, buffer_m,"
+                         " jurisdiction_id, created_at) VALUES ('Demo school', 'exclusion',"
+                         " %s, 800, 200, %s, now() - interval '1 day')",
+                         (Jsonb({"type": "Point", "coordinates": [center[1], center[0]]}),
+                          province))
         known = {r[0] for r in conn.execute("SELECT id FROM devices WHERE id = ANY(%s)",
                                             (device_ids,))}
         for device_id in device_ids:

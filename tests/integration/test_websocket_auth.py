@@ -18,7 +18,7 @@ from tests.integration.receivers import free_port
 
 
 @pytest.fixture
-async def server(base_settings, db):  # noqa: ANN001, ANN201
+async def server(base_settings, db):
     name = f"ws-{uuid.uuid4().hex[:6]}"
     db.execute("INSERT INTO users (username, password_hash, role) VALUES (%s, %s, 'admin')",
                (name, hash_password("ws-password")))
@@ -36,7 +36,7 @@ async def server(base_settings, db):  # noqa: ANN001, ANN201
     await task
 
 
-async def test_token_in_the_first_message(server) -> None:  # noqa: ANN001
+async def test_token_in_the_first_message(server) -> None:
     url, token = server
     async with connect(url) as ws:
         await ws.send(json.dumps({"type": "auth", "token": token}))
@@ -46,7 +46,7 @@ async def test_token_in_the_first_message(server) -> None:  # noqa: ANN001
 
 @pytest.mark.parametrize("first", [{"type": "auth", "token": "forged.token.here"},
                                    {"type": "viewport"}, "not json"])
-async def test_refused_without_a_valid_token(server, first) -> None:  # noqa: ANN001
+async def test_refused_without_a_valid_token(server, first) -> None:
     url, _ = server
     async with connect(url) as ws:
         await ws.send(first if isinstance(first, str) else json.dumps(first))
