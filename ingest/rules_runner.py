@@ -127,6 +127,10 @@ class Rules:
     async def judge(self, fixes: list[Fix], events: list[DeviceEvent]) -> list[RuleEvent]:
         """Judge a batch's new fixes and events; called inside the batch's DB transaction."""
         await self.loaded.wait()
+        if any(x.device_id not in self.owner for x in (*fixes, *events)):
+            # Enrolled moments ago, before the change notification reloaded the world: judge
+            # it now rather than store its first fixes unjudged.
+            await self.reload()
         world = self.world
         near_lists = world.zones.near(np.array([f.lon for f in fixes]),
                                       np.array([f.lat for f in fixes]))

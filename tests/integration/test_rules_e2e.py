@@ -169,3 +169,16 @@ async def test_silence_is_one_offline_alert_per_outage(settings: Settings, db,
         await publish_all(publisher, [(topic, fix())])
         await eventually(lambda: alerts(db, subjects, "device_offline")[0][6] is not None,
                          what="cleared when heard again")
+
+
+async def test_a_device_enrolled_while_running_is_judged_from_its_first_fix(
+        settings: Settings, db, publisher) -> None:
+    async with running(settings) as worker:
+        await asyncio.wait_for(worker.rules.loaded.wait(), 10)
+        j, subjects, devices = enrol(db, 1)
+        circle_zone(db, j, 200)
+        # At once, before the change notification can have reloaded the world.
+        await publish_all(publisher, [(f"{settings.mqtt_root}/devices/{devices[0]}/loc",
+                                       json.dumps({"ts": time.time(), "lat": BASE[0],
+                                                   "lon": BASE[1], "acc": 5}).encode())])
+        await eventually(lambda: len(alerts(db, subjects)) == 1, what="an alert")
