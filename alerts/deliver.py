@@ -40,6 +40,7 @@ class DeliverySettings:
     timeout_s: float = 10.0
     batch: int = 50
     lease_s: float = 60.0
+    retention_days: float = 90.0  # delivered and failed notifications are kept this long
 
 
 class DeliveryError(Exception):
@@ -60,6 +61,7 @@ class Deliverer:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._loop(self.deliver_once, self.s.poll_s), name="alerts-deliver")
             tg.create_task(self._loop(self.escalate_once, 1.0), name="alerts-escalate")
+            tg.create_task(self._loop(self.prune_once, 3600.0), name="alerts-prune")
 
     async def _loop(self, step, pause: float) -> None:
         while True:
@@ -73,6 +75,12 @@ class Deliverer:
                 busy = 0
             if not busy:
                 await asyncio.sleep(pause)
+
+    async def prune_once(self) -> int:
+        n = await self.store.prune(timedelta(days=self.s.retention_days))
+        if n:
+            log.info("old notifications pruned", count=n)
+        return 0  # then rest an hour, however many went
 
     async def escalate_once(self) -> int:
         ids = await self.store.escalate_due(timedelta(seconds=self.s.escalate_after_s))

@@ -54,6 +54,16 @@ class OutboxStore:
                     " next_attempt_at = now() + coalesce(%s::interval, '0')"
                     " WHERE id = %s", (error, retry_in, retry_in, nid))
 
+    async def prune(self, older_than: timedelta) -> int:
+        """Delivered or failed notifications past retention, with their attempts."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "WITH old AS (SELECT id FROM notifications WHERE status <> 'pending'"
+                " AND created_at < now() - %s), gone AS (DELETE FROM delivery_attempts"
+                " WHERE notification_id IN (SELECT id FROM old))"
+                " DELETE FROM notifications WHERE id IN (SELECT id FROM old)", (older_than,))
+            return cur.rowcount
+
     async def escalate_due(self, after: timedelta) -> list[int]:
         """Critical alerts still open (not acknowledged) `after` their opening: escalated once,
         to the parent jurisdiction's commanders, with history and outbox in one transaction."""

@@ -82,7 +82,7 @@ async def notifications(s: Settings):
     await store.open()
     deliverer = Deliverer(store, DeliverySettings(
         smtp_url=s.smtp_url, smtp_from=s.smtp_from, escalate_after_s=s.escalate_after_s,
-        give_up_after_s=s.delivery_give_up_s))
+        give_up_after_s=s.delivery_give_up_s, retention_days=s.notification_retention_days))
     try:
         yield deliverer
     finally:

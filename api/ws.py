@@ -60,9 +60,14 @@ class AlertHub:
             row = await alert_with_path(cur, change["alert_id"])
         if row is None:
             return
-        message = {"type": "alert", "event": change["event"], "alert": row["alert"]}
+        self.deliver({"type": "alert", "event": change["event"], "alert": row["alert"]},
+                     row["path"])
+
+    def deliver(self, message: dict, path: list[int]) -> None:
+        """To every phone whose user's scope holds `path`; a full queue flags the phone for a
+        resync (its socket is closed with 1013) instead of skipping the alert silently."""
         for c in list(self.clients):
-            if c.sees(row["path"]):
+            if c.sees(path):
                 try:
                     c.queue.put_nowait(message)
                 except asyncio.QueueFull:

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     escalate_after_s: float = Field(300.0, description="an unacknowledged critical alert is "
                                     "escalated to the parent jurisdiction's commanders")
     delivery_give_up_s: float = Field(86_400.0, description="stop retrying a notification")
+    notification_retention_days: float = Field(90.0, description="keep sent notifications")
     migrations_dir: Path = REPO / "migrations"
     log_level: str = "INFO"
     log_json: bool = False

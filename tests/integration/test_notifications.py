@@ -9,6 +9,7 @@ import hmac
 import json
 import uuid
 from collections import Counter
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -149,3 +150,20 @@ async def test_escalation_fires_after_its_time_unless_acknowledged(settings, db,
         assert boss_got == 1 and events.count("escalated") == 1
         assert count(db, "SELECT count(*) FROM alert_history WHERE alert_id = %s"
                      " AND action = 'escalated'", aid) == 1
+
+
+async def test_sent_notifications_are_pruned_after_retention(settings, db) -> None:
+    p = people(db, "http://127.0.0.1:9/never")
+    aid = raise_alert(db, p["subject"])
+    db.execute("UPDATE notifications SET status = 'delivered', created_at = now() -"
+               " interval '100 days' WHERE alert_id = %s", (aid,))
+    fresh = raise_alert(db, p["subject"], "sos")
+    db.execute("UPDATE notifications SET status = 'delivered' WHERE alert_id = %s", (fresh,))
+    store = OutboxStore(settings.database_url)
+    await store.open()
+    try:
+        assert await store.prune(timedelta(days=90)) >= 1
+    finally:
+        await store.close()
+    assert count(db, "SELECT count(*) FROM notifications WHERE alert_id = %s", aid) == 0
+    assert count(db, "SELECT count(*) FROM notifications WHERE alert_id = %s", fresh) > 0
