@@ -154,10 +154,16 @@ def compile_zone(zone: Zone) -> CompiledZone:
 class ZoneIndex:
     """All zones, compiled once; exclusion zones found by an STRtree of their boxes."""
 
-    def __init__(self, zones: list[Zone]) -> None:
+    def __init__(self, zones: list[Zone], previous: ZoneIndex | None = None) -> None:
+        """`previous`: an older index whose compiled zones are reused where unchanged, so that
+        enrolling a subject does not recompile thousands of zones."""
         self.by_id: dict[int, CompiledZone] = {}
         self.errors: dict[int, str] = {}
         for z in zones:
+            old = previous.by_id.get(z.id) if previous else None
+            if old is not None and old.zone == z:
+                self.by_id[z.id] = old
+                continue
             try:
                 self.by_id[z.id] = compile_zone(z)
             except ZoneError as e:  # stored before validation existed: skip it, say why

@@ -54,7 +54,8 @@ def rule_settings(s: Settings) -> RuleSettings:
                          DeviceKind.VICTIM: s.offline_victim_s})
 
 
-def build_world(rows: WorldRows) -> tuple[World, dict[str, list[int]]]:
+def build_world(rows: WorldRows,
+                previous: World | None = None) -> tuple[World, dict[str, list[int]]]:
     """Rows → domain types, zones compiled (CPU work: run it off the event loop)."""
     zones = [Zone(zid, name, kind, geom, jur, created, radius_m=radius, buffer_m=buffer,
                   subject_id=sid, schedule=parse_schedule(sched), deleted_at=deleted)
@@ -72,7 +73,7 @@ def build_world(rows: WorldRows) -> tuple[World, dict[str, list[int]]]:
         victims[sid].append(VictimLink(vid, sid, device_id, radius))
         if sid not in owner[device_id]:  # a victim's fix is judged for each protected subject
             owner[device_id].append(sid)
-    index = ZoneIndex(zones)
+    index = ZoneIndex(zones, previous.zones if previous else None)
     for zid, why in index.errors.items():
         log.warning("zone cannot be judged", zone_id=zid, reason=why)
     return World(index, subjects, dict(victims)), dict(owner)
@@ -90,7 +91,7 @@ class Rules:
 
     async def reload(self) -> None:
         rows = await self.store.load_world()
-        self.world, self.owner = await asyncio.to_thread(build_world, rows)
+        self.world, self.owner = await asyncio.to_thread(build_world, rows, self.world)
         self.loaded.set()
         # New zones or schedules may start windows now: every subject gets a look at once.
         await self.states.make_due(self.world.subjects, time.time(), only_new=False)

@@ -12,7 +12,7 @@ from shapely.geometry import Point, shape
 
 from geofence.rules import Rule, RuleSettings, step
 from geofence.schedule import Window, boundaries, in_force, parse_schedule, zone_info
-from geofence.zones import Zone, ZoneError, compile_zone
+from geofence.zones import Zone, ZoneError, ZoneIndex, compile_zone
 from tests.unit.scenario import EPOCH, square
 
 GEOD = pyproj.Geod(ellps="WGS84")
@@ -130,3 +130,13 @@ def test_next_boundary_is_the_first_of_the_boundaries(raw, tz_name, quarter_hour
     t0 = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=15 * quarter_hours)
     expected = boundaries(windows, tz, t0, t0 + timedelta(days=8))
     assert next_boundary(windows, tz, t0) == (expected[0][0] if expected else None)
+
+
+def test_an_index_reuses_unchanged_zones_and_recompiles_changed_ones() -> None:
+    a = Zone(1, "a", "exclusion", square(100), 1, EPOCH)
+    b = Zone(2, "b", "exclusion", square(200), 1, EPOCH)
+    first = ZoneIndex([a, b])
+    moved = Zone(2, "b", "exclusion", square(300), 1, EPOCH)
+    second = ZoneIndex([a, moved], first)
+    assert second.by_id[1] is first.by_id[1]
+    assert second.by_id[2] is not first.by_id[2] and second.by_id[2].zone == moved
