@@ -28,6 +28,7 @@ from ingest import store
 from ingest.mqtt import Broker, MqttPublisher
 from ingest.runner import ingest_worker
 from ingest.settings import Settings
+from ingest.state import drop_prefix
 
 CENTER = (31.2304, 121.4737)
 
@@ -126,6 +127,7 @@ async def measure(s: Settings, n: int = 50) -> dict:
                 "max_ms": latencies[-1] * 1000, "other_county_received": len(got_b)}
     finally:
         store.drop_database(admin, name)
+        await drop_prefix(s.redis_url, f"al-{tag}:")
 
 
 def main(s: Settings, n: int) -> int:

@@ -201,3 +201,15 @@ class SubjectStates:
         mapping = {str(s): at for s in subject_ids}
         if mapping:
             await self.client.zadd(self.due_key, mapping, nx=only_new, lt=not only_new)
+
+
+async def drop_prefix(redis_url: str, prefix: str) -> int:
+    """Delete every key under a prefix (a benchmark's or test run's throwaway state)."""
+    client = redis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
+        for i in range(0, len(keys), 1000):
+            await client.delete(*keys[i:i + 1000])
+        return len(keys)
+    finally:
+        await client.aclose()

@@ -25,6 +25,7 @@ from ingest import store
 from ingest.mqtt import Broker, MqttPublisher, PlainSubscriber
 from ingest.runner import ingest_worker
 from ingest.settings import Settings
+from ingest.state import drop_prefix
 
 ROUND = 3
 
@@ -124,6 +125,7 @@ async def run(s: Settings, n: int, batch: int, n_devices: int) -> dict:
         return result
     finally:
         store.drop_database(admin, db)
+        await drop_prefix(s.redis_url, f"bench-{tag}:")
 
 
 def main(s: Settings, args: argparse.Namespace) -> int:
