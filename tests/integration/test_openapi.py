@@ -4,7 +4,6 @@ the schema it declares, for every endpoint, as an administrator (who sees everyt
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,12 +14,7 @@ import pytest
 
 from api.auth import hash_password
 from tests.integration.api_world import PASSWORD, seed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.integration.receivers import free_port
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +25,7 @@ def api_server(base_settings):
         seed(db)
         db.execute("INSERT INTO users (username, password_hash, role) VALUES (%s, %s, 'admin')",
                    (name, hash_password(PASSWORD)))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TETHER_DATABASE_URL": base_settings.database_url,
            "TETHER_HTTP_PORT": str(port), "TETHER_LOG_LEVEL": "WARNING",
            "TETHER_LOGIN_MAX_FAILURES": "100000"}
