@@ -1,3 +1,5 @@
-"""Alerts: delivering what the rules raise to people (webhooks, e-mail), escalating the
-unanswered. Alert rows and their outbox are written by whoever changes an alert, in the same
-transaction (the SQL function tether_notify); this package delivers and escalates."""
+"""Alerts: an alert's whole life. `lifecycle` (pure) says what each action does (open, repeat,
+clear, acknowledge, resolve, escalate); `store` applies it in the caller's transaction, with the
+alert's history and its outbox (the SQL function tether_notify), for ingest, the API and the
+timers alike; `deliver` sends the outbox through `channels` (webhook JSON, DingTalk, WeCom,
+e-mail) and escalates the unanswered. Imports neither `api` nor `ingest`."""

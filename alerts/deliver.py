@@ -8,18 +8,18 @@ mid-send; in normal operation each notification is sent until one attempt succee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from email.message import EmailMessage
-from urllib.parse import unquote, urlsplit
 
-import aiosmtplib
 import httpx
 import structlog
 from prometheus_client import Counter, Histogram
 
 from alerts import formats
+from alerts.channels import Context, DeliveryError, Registry, registry
 from alerts.store import OutboxStore, Unavailable
 
 log = structlog.get_logger("alerts")  # configured by the command that starts the process
@@ -28,6 +28,10 @@ deliveries = Counter("tether_deliveries_total", "notification delivery attempts"
 delivery_seconds = Histogram("tether_delivery_seconds", "time to deliver one notification",
                              ["channel"])
 escalations = Counter("tether_alerts_escalated_total", "critical alerts escalated")
+loop_errors = Counter("tether_delivery_loop_errors_total", "delivery loop steps that failed",
+                      ["loop", "kind"])
+record_errors = Counter("tether_delivery_record_errors_total",
+                        "attempts that could not be recorded (due again after the lease)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,44 +41,126 @@ class DeliverySettings:
     escalate_after_s: float = 300.0
     give_up_after_s: float = 86_400.0
     poll_s: float = 0.2
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # overall deadline of one attempt: connect, send, answer
+    concurrency: int = 16  # attempts under way at once in this process
+    per_receiver: int = 4  # of which at most this many for one user (one receiver)
     batch: int = 50
-    lease_s: float = 60.0
+    lease_s: float = 60.0  # raised to outlast an attempt and its recording (see `lease`)
     retention_days: float = 90.0  # delivered and failed notifications are kept this long
 
 
-class DeliveryError(Exception):
-    def __init__(self, message: str, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
+# Recording an attempt gets its own bound, so "in flight" has an end the lease can outlast.
+RECORD_TIMEOUT_S = 15.0
+LEASE_MARGIN_S = 5.0
+ERROR_TEXT_CHARS = 500
+LOOP_BACKOFF_MAX_S = 30.0
+
+__all__ = ["Deliverer", "DeliveryError", "DeliverySettings"]
 
 
 class Deliverer:
-    def __init__(self, store: OutboxStore, settings: DeliverySettings) -> None:
-        self.store, self.s = store, settings
-        self.http = httpx.AsyncClient(timeout=settings.timeout_s, follow_redirects=False)
+    """Claims due notifications and sends each in a task of its own: at most `concurrency` at
+    once, at most `per_receiver` per user, each under an overall deadline. Any exception of an
+    attempt is that attempt's failure (recorded, retried with backoff), so no receiver, URL or
+    payload can stop delivery or hold up another officer's notification."""
+
+    def __init__(self, store: OutboxStore, settings: DeliverySettings,
+                 channels: Registry = registry) -> None:
+        if settings.concurrency < 1 or settings.per_receiver < 1 or settings.timeout_s <= 0:
+            raise ValueError("delivery needs concurrency >= 1, per_receiver >= 1, timeout_s > 0")
+        self.store, self.s, self.channels = store, settings, channels
+        # A claim's lease must outlast the attempt and its recording, or a second worker (or
+        # this one) could hand out a notification still in flight.
+        self.lease = timedelta(seconds=max(settings.lease_s, settings.timeout_s
+                                           + RECORD_TIMEOUT_S + LEASE_MARGIN_S))
+        # The overall deadline (`_attempt`) is what ends an attempt; httpx's own per-operation
+        # timeouts, a little longer, only back it up.
+        self.http = httpx.AsyncClient(
+            timeout=settings.timeout_s + 1.0, follow_redirects=False,
+            limits=httpx.Limits(max_connections=settings.concurrency,
+                                max_keepalive_connections=settings.concurrency))
+        self._in_flight: dict[int, int] = {}  # user id -> attempts under way
+        self._attempts: set[asyncio.Task[None]] = set()
+        self._freed = asyncio.Event()  # an attempt ended: there may be room to claim again
 
     async def close(self) -> None:
         await self.http.aclose()
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._loop(self.deliver_once, self.s.poll_s), name="alerts-deliver")
-            tg.create_task(self._loop(self.escalate_once, 1.0), name="alerts-escalate")
-            tg.create_task(self._loop(self.prune_once, 3600.0), name="alerts-prune")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._loop("deliver", self.deliver_once, self.s.poll_s,
+                                          self._rest), name="alerts-deliver")
+                tg.create_task(self._loop("escalate", self.escalate_once, 1.0),
+                               name="alerts-escalate")
+                tg.create_task(self._loop("prune", self.prune_once, 3600.0), name="alerts-prune")
+        finally:
+            await self._cancel_attempts()
 
-    async def _loop(self, step, pause: float) -> None:
+    async def _cancel_attempts(self) -> None:
+        # An attempt cut short stays leased, and is due again after the lease (same key).
+        for t in self._attempts:
+            t.cancel()
+        if self._attempts:
+            await asyncio.gather(*self._attempts, return_exceptions=True)
+
+    async def _loop(self, name: str, step: Callable[[], Awaitable[int]], pause: float,
+                    rest: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Runs `step` until cancelled, resting `pause` when it found nothing to do. A failing
+        step is logged, counted and tried again: the database being away is expected, anything
+        else is a bug (backed off), but neither ends delivery."""
+        backoff = 0.0
         while True:
             try:
                 busy = await step()
+                backoff = 0.0
+            except asyncio.CancelledError:
+                raise
             except Unavailable as e:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():  # never swallow a cancellation
-                    raise asyncio.CancelledError from e
-                log.warning("outbox unavailable; retrying", error=str(e))
+                loop_errors.labels(name, "unavailable").inc()
+                log.warning("outbox unavailable; retrying", loop=name, error=str(e))
                 busy = 0
-            if not busy:
-                await asyncio.sleep(pause)
+            except Exception:
+                loop_errors.labels(name, "error").inc()
+                backoff = min(max(backoff * 2, 1.0), LOOP_BACKOFF_MAX_S)
+                log.exception("delivery loop step failed; retrying", loop=name, retry_s=backoff)
+                busy = 0
+            if backoff:
+                await asyncio.sleep(max(pause, backoff))
+            elif not busy:
+                await rest(pause)
+
+    async def _rest(self, seconds: float) -> None:
+        """Until the next poll, or sooner when an attempt ends and makes room."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._freed.wait()
+
+    async def deliver_once(self) -> int:
+        """Claim due notifications and start their attempts; returns how many were started."""
+        self._freed.clear()  # before looking: an attempt ending from now on wakes `_rest`
+        room = self.s.concurrency - len(self._attempts)
+        if room <= 0:
+            return 0
+        due = await self.store.claim(min(self.s.batch, room), self.lease,
+                                     busy_users=list(self._in_flight),
+                                     per_user=self.s.per_receiver)
+        for n in due:
+            uid = n["user_id"]
+            self._in_flight[uid] = self._in_flight.get(uid, 0) + 1
+            task = asyncio.create_task(self._attempt(n), name=f"alerts-attempt-{n['id']}")
+            self._attempts.add(task)
+            task.add_done_callback(lambda t, uid=uid: self._done(t, uid))
+        return len(due)
+
+    def _done(self, task: asyncio.Task[None], uid: int) -> None:
+        self._attempts.discard(task)
+        left = self._in_flight.get(uid, 1) - 1
+        if left > 0:
+            self._in_flight[uid] = left
+        else:
+            self._in_flight.pop(uid, None)
+        self._freed.set()
 
     async def prune_once(self) -> int:
         n = await self.store.prune(timedelta(days=self.s.retention_days))
@@ -89,61 +175,43 @@ class Deliverer:
             log.info("alerts escalated", alert_ids=ids)
         return len(ids)
 
-    async def deliver_once(self) -> int:
-        due = await self.store.claim(self.s.batch, timedelta(seconds=self.s.lease_s))
-        await asyncio.gather(*(self._attempt(n) for n in due))
-        return len(due)
-
     async def _attempt(self, n: dict) -> None:
+        """One attempt, whatever happens: sent, or a failed attempt recorded and retried."""
         started = time.monotonic()
         code, error = None, None
         try:
-            code = await (self._webhook(n) if n["channel"] == "webhook" else self._email(n))
+            async with asyncio.timeout(self.s.timeout_s):
+                ch = self.channels.pick(n)  # the one place a channel is chosen: by registry
+                code = await ch.send(n, Context(
+                    self.http, self.s.timeout_s, int(time.time() * 1000),
+                    self.s.smtp_url, self.s.smtp_from))
         except DeliveryError as e:
             code, error = e.status_code, str(e)
+        except TimeoutError:
+            error = f"no answer within {self.s.timeout_s:g} s (overall deadline)"
+        except Exception as e:  # any fault of a receiver, URL or payload is this attempt's
+            error = f"{type(e).__name__}: {e}"
+            log.warning("delivery attempt raised", notification=n.get("id"), exc_info=True)
         elapsed = time.monotonic() - started
         ok = error is None
-        deliveries.labels(n["channel"], "ok" if ok else "failed").inc()
-        delivery_seconds.labels(n["channel"]).observe(elapsed)
-        retry = None
-        if not ok:
-            age = time.time() - n["created_at"].timestamp()
-            if age < self.s.give_up_after_s:
-                retry = timedelta(seconds=formats.retry_delay_s(n["attempts"] + 1))
-            log.warning("delivery failed", notification=n["id"], channel=n["channel"],
-                        error=error, retry_s=retry.total_seconds() if retry else None)
-        await self.store.record(n["id"], ok, code, error, int(elapsed * 1000), retry)
-
-    async def _webhook(self, n: dict) -> int:
-        if not n["notify_webhook"]:
-            raise DeliveryError("the user has no webhook any more")
-        d = formats.webhook(n["notify_webhook"], n["notify_format"], n["notify_secret"],
-                            n["payload"], str(n["idempotency_key"]), int(time.time() * 1000))
+        if error is not None:  # from the receiver, bounded; PostgreSQL text cannot hold NUL
+            error = error.replace("\x00", "\\0")[:ERROR_TEXT_CHARS]
         try:
-            r = await self.http.post(d.url, content=d.body, headers=d.headers)
-        except httpx.HTTPError as e:
-            raise DeliveryError(f"{type(e).__name__}: {e}") from e
-        if not 200 <= r.status_code < 300:
-            raise DeliveryError(f"HTTP {r.status_code}: {r.text[:200]}", r.status_code)
-        return r.status_code
-
-    async def _email(self, n: dict) -> int:
-        if not self.s.smtp_url:
-            raise DeliveryError("no SMTP server configured (TETHER_SMTP_URL)")
-        if not n["email"]:
-            raise DeliveryError("the user has no e-mail address any more")
-        u = urlsplit(self.s.smtp_url)
-        subject, text = formats.email(n["payload"])
-        msg = EmailMessage()
-        msg["From"], msg["To"], msg["Subject"] = self.s.smtp_from, n["email"], subject
-        msg["Message-ID"] = f"<{n['idempotency_key']}@tether>"  # the same on every retry
-        msg.set_content(text)
-        try:
-            await aiosmtplib.send(msg, hostname=u.hostname, port=u.port or 25,
-                                  username=unquote(u.username) if u.username else None,
-                                  password=unquote(u.password) if u.password else None,
-                                  start_tls=u.scheme == "smtp+starttls",
-                                  timeout=self.s.timeout_s)
-        except (aiosmtplib.SMTPException, OSError) as e:
-            raise DeliveryError(f"SMTP: {e}") from e
-        return 250
+            channel = str(n["channel"])
+            deliveries.labels(channel, "ok" if ok else "failed").inc()
+            delivery_seconds.labels(channel).observe(elapsed)
+            retry = None
+            if not ok:
+                age = time.time() - n["created_at"].timestamp()
+                if age < self.s.give_up_after_s:
+                    retry = timedelta(seconds=formats.retry_delay_s(n["attempts"] + 1))
+                log.warning("delivery failed", notification=n["id"], channel=channel,
+                            error=error, retry_s=retry.total_seconds() if retry else None)
+            async with asyncio.timeout(RECORD_TIMEOUT_S):
+                await self.store.record(n["id"], ok, code, error, int(elapsed * 1000), retry)
+        except Exception as e:
+            # Not recorded: the notification stays leased and is due again when the lease
+            # ends, with the same idempotency key, so a receiver can drop the repeat.
+            record_errors.inc()
+            log.warning("delivery attempt not recorded; due again after the lease",
+                        notification=n.get("id"), error=f"{type(e).__name__}: {e}")

@@ -1,4 +1,5 @@
-"""Pure: what a delivery looks like on the wire, for each channel and format (contract §5)."""
+"""Pure: the pieces a delivery is made of on the wire (contract §5), shared by the channels
+(`alerts.channels`: each builds its own message from these)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class HttpDelivery:
     body: bytes
 
 
-def _canonical(obj: Any) -> bytes:
+def canonical(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -57,24 +58,6 @@ def markdown(p: dict) -> str:
         lines.append(f"- device: {p['device_id']}")
     lines.append(f"- opened: {p['opened_at']}")
     return "\n".join(lines)
-
-
-def webhook(url: str, fmt: str, secret: str | None, payload: dict, idempotency_key: str,
-            now_ms: int) -> HttpDelivery:
-    headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
-    if fmt == "dingtalk":
-        body = _canonical({"msgtype": "markdown",
-                           "markdown": {"title": headline(payload), "text": markdown(payload)}})
-        if secret:
-            sep = "&" if "?" in url else "?"
-            url = f"{url}{sep}timestamp={now_ms}&sign={dingtalk_sign(secret, now_ms)}"
-    elif fmt == "wecom":
-        body = _canonical({"msgtype": "markdown", "markdown": {"content": markdown(payload)}})
-    else:
-        body = _canonical(payload)
-        if secret:
-            headers["X-Tether-Signature"] = sign(secret, body)
-    return HttpDelivery(url, headers, body)
 
 
 def email(payload: dict) -> tuple[str, str]:

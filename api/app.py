@@ -10,21 +10,42 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from api import routes_enrol, routes_read
+from api.auth import Passwords
+from api.settings import ApiSettings
 from api.store import ApiStore, CheckViolation, DataError, Unavailable
 from api.ws import AlertHub, alerts_socket
-from ingest import logs
-from ingest.settings import Settings
+from tether import logs
+from tether.supervise import Health, supervised
 
 log = logs.get("api")
 
 
-def create_app(settings: Settings) -> FastAPI:
+class PartHealth(BaseModel):
+    status: str  # starting | running | failed
+    failures: int
+    last_error: str | None
+
+
+class Healthz(BaseModel):
+    status: str  # ok | degraded
+    parts: dict[str, PartHealth]
+    failing: list[str]
+
+
+def create_app(settings: ApiSettings, health: Health | None = None) -> FastAPI:
+    """`health`: the process's parts (ingest, delivery, ...) as `tether serve` supervises them;
+    `/healthz` reports them with the API's own alert feed. Absent: the API's parts only."""
+    health = health if health is not None else Health()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.store.open()
-        hub = asyncio.create_task(app.state.hub.run(), name="api-alert-hub")
+        hub = asyncio.create_task(
+            supervised("api-alert-hub", app.state.hub.run, health, settings.task_restart_max_s),
+            name="api-alert-hub")
         try:
             yield
         finally:
@@ -32,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await hub
             await app.state.store.close()
+            app.state.passwords.close()
 
     app = FastAPI(title="Tether", version="0.1.0", lifespan=lifespan,
                   description="Real-time monitoring for community corrections. Bearer tokens "
@@ -40,6 +62,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.store = ApiStore(settings.database_url)
     app.state.tokens = None
+    app.state.health = health
+    app.state.passwords = Passwords(settings.login_concurrency)
     app.include_router(routes_enrol.router)
     app.include_router(routes_read.router)
     app.state.hub = AlertHub(app.state.store, settings.database_url)
@@ -61,9 +85,14 @@ def create_app(settings: Settings) -> FastAPI:
                                          "msg": f"refused: {exc.diag.message_primary}"}]},
                             status_code=422)
 
-    @app.get("/healthz", tags=["operations"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/healthz", tags=["operations"], response_model=Healthz,
+             responses={503: {"model": Healthz, "description": "a part is failing (named)"}})
+    async def healthz() -> JSONResponse:
+        """From memory, no query: fast even while the database or a part is down."""
+        ok = health.healthy
+        body = Healthz(status="ok" if ok else "degraded", parts=health.report(),
+                       failing=[n for n, p in health.parts.items() if p.status == "failed"])
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def metrics() -> Response:

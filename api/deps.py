@@ -12,10 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security import OAuth2PasswordBearer
 
-from api.auth import TokenError, Tokens
+from api.auth import Passwords, TokenError, Tokens, client_address
 from api.store import ApiStore, Principal
 from api.store.accounts import principal, signing_secret
-from ingest import logs
+from tether import logs
 
 log = logs.get("api")
 oauth2 = OAuth2PasswordBearer(tokenUrl="/api/auth/token", auto_error=False)
@@ -23,6 +23,17 @@ oauth2 = OAuth2PasswordBearer(tokenUrl="/api/auth/token", auto_error=False)
 
 def store(request: Request) -> ApiStore:
     return request.app.state.store
+
+
+def passwords(request: Request) -> Passwords:
+    return request.app.state.passwords
+
+
+def caller(request: Request) -> str:
+    """The caller's address for throttling and logs (X-Forwarded-For only via trusted proxies)."""
+    return client_address(request.client.host if request.client else None,
+                          request.headers.get("x-forwarded-for"),
+                          request.app.state.settings.trusted_proxies)
 
 
 async def tokens(request: Request) -> Tokens:

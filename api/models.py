@@ -5,17 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from alerts.urls import MAX_URL_LENGTH, check_webhook_url
 from geofence.schedule import ScheduleError, parse_schedule, zone_info
+from geofence.types import DEVICE_ID_PATTERN
 from geofence.zones import ZoneError, validate_geometry
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Id = Annotated[int, Field(ge=1, le=2**62)]
-DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+DeviceId = Annotated[str, Field(pattern=f"^{DEVICE_ID_PATTERN}$")]
 Radius = Annotated[float, Field(gt=0, le=100_000)]
 Email = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=200)]
-Url = Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2000)]
+# One check for the API and delivery (alerts/urls.py): a URL stored here can be delivered to.
+WebhookUrl = Annotated[str, Field(max_length=MAX_URL_LENGTH), AfterValidator(check_webhook_url)]
 
 
 class Body(BaseModel):
@@ -70,7 +73,7 @@ class UserIn(Body):
     jurisdiction_id: Id | None = None
     phone: Annotated[str, Field(max_length=40)] | None = None
     email: Email | None = None
-    notify_webhook: Url | None = None
+    notify_webhook: WebhookUrl | None = None
     notify_format: Literal["json", "dingtalk", "wecom"] = "json"
     notify_secret: Annotated[str, Field(max_length=200)] | None = None
 
@@ -79,6 +82,19 @@ class UserIn(Body):
         if self.role != "admin" and self.jurisdiction_id is None:
             raise ValueError("commanders and officers need a jurisdiction_id")
         return self
+
+
+class UserPatchIn(Body):
+    """PATCH /api/users/{id} (contract §6): any of these; the webhook checked as on creation."""
+    password: Annotated[str, Field(min_length=8, max_length=200)] | None = None
+    disabled: bool | None = None
+    role: Literal["admin", "commander", "officer"] | None = None
+    jurisdiction_id: Id | None = None
+    phone: Annotated[str, Field(max_length=40)] | None = None
+    email: Email | None = None
+    notify_webhook: WebhookUrl | None = None
+    notify_format: Literal["json", "dingtalk", "wecom"] | None = None
+    notify_secret: Annotated[str, Field(max_length=200)] | None = None
 
 
 class User(BaseModel):
@@ -223,6 +239,7 @@ class Alert(BaseModel):
     breach_count: int
     last_seen_at: datetime | None
     cleared_at: datetime | None
+    escalated_at: datetime | None = None  # when it went to the commanders above (unanswered)
     history: list[AlertEvent] = []
 
 

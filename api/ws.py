@@ -1,23 +1,29 @@
 """Websockets (contract §3). `/ws/alerts`: an officer's phone gets every alert change, new or
-updated, for subjects in the officer's scope, as it commits."""
+updated, for subjects in the officer's scope, as it commits. Every socket handler runs its
+parts through `serve_socket`, which re-checks the user (`watch_session`) beside them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from fastapi import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
 
 from api.auth import TokenError
 from api.store import ApiStore, Principal, Unavailable
 from api.store.accounts import principal
 from api.store.live import alert_changes, alert_with_path
-from ingest import logs
+from tether import logs
 
 log = logs.get("api.ws")
 QUEUE_LIMIT = 1000  # per phone; beyond it the phone is told to resync (close 1013)
 AUTH_TIMEOUT_S = 10
+RECHECK_RETRY_S = 5.0  # after a failed re-check (database down), try again this soon
 
 
 @dataclass(eq=False)
@@ -74,22 +80,32 @@ class AlertHub:
                     c.overflowed.set()
 
 
-async def authenticate(ws: WebSocket) -> Principal | None:
+@dataclass(eq=False)
+class Session:
+    """Who is on a socket, until when. `who` is replaced when a re-check finds the user changed
+    (role, jurisdiction), so scope follows the database, not the token."""
+
+    who: Principal
+    expires_at: float  # the token's expiry, epoch seconds
+
+
+async def authenticate(ws: WebSocket) -> Session | None:
     """Token in the query string, or as the first message {"type": "auth", "token": ...}."""
     token = ws.query_params.get("token")
     if not token:
-        with contextlib.suppress(TimeoutError, ValueError, KeyError, TypeError):
+        with contextlib.suppress(TimeoutError, ValueError, KeyError, TypeError, AttributeError):
             first = await asyncio.wait_for(ws.receive_json(), AUTH_TIMEOUT_S)
             if first.get("type") == "auth":
                 token = first.get("token")
     if not isinstance(token, str):
         return None
     try:
-        uid = (await _tokens(ws)).user_id(token)
+        uid, expires_at = (await _tokens(ws)).claims(token)
     except TokenError:
         return None
     async with ws.app.state.store.read() as cur:
-        return await principal(cur, uid)
+        who = await principal(cur, uid)
+    return Session(who, expires_at) if who else None
 
 
 async def _tokens(ws: WebSocket):
@@ -97,29 +113,90 @@ async def _tokens(ws: WebSocket):
     return await tokens(ws)
 
 
+async def watch_session(ws: WebSocket, session: Session, recheck_s: float,
+                        on_change: Callable[[Principal], None] | None = None) -> None:
+    """Runs beside a socket's sender until the session ends: re-reads the user at least every
+    `recheck_s` and at token expiry, and closes the socket (1008, policy violation) once the
+    token has expired or the user is disabled or gone, as REST would refuse the same token.
+    A database outage keeps the socket (nothing is sent without the database anyway) and
+    re-checks sooner."""
+    store: ApiStore = ws.app.state.store
+    while True:
+        left = session.expires_at - time.time()
+        if left <= 0:
+            await _close(ws, 1008, "token expired: log in again")
+        await asyncio.sleep(min(recheck_s, left))
+        if session.expires_at - time.time() <= 0:
+            continue
+        try:
+            async with store.read() as cur:
+                who = await principal(cur, session.who.id)
+        except Unavailable as e:
+            log.warning("session re-check failed; retrying", user=session.who.username,
+                        error=str(e))
+            await asyncio.sleep(min(recheck_s, RECHECK_RETRY_S))
+            continue
+        if who is None:
+            log.warning("websocket closed: user disabled", user=session.who.username,
+                        path=ws.url.path)
+            await _close(ws, 1008, "user disabled")
+        if who != session.who:
+            session.who = who
+            if on_change:
+                on_change(who)
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> NoReturn:
+    with contextlib.suppress(RuntimeError, OSError):  # already closing: nothing to tell
+        await ws.close(code=code, reason=reason)
+    raise _Closed
+
+
+async def serve_socket(ws: WebSocket, session: Session, name: str,
+                       *parts: Callable[[], Awaitable[None]],
+                       on_change: Callable[[Principal], None] | None = None) -> None:
+    """A socket's parts (its sender, its reader) run beside the session watch, until any of
+    them ends the socket; the peer going away is the normal end, not an error."""
+    recheck_s = ws.app.state.settings.session_recheck_s
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(watch_session(ws, session, recheck_s, on_change),
+                           name=f"{name}-session")
+            for i, part in enumerate(parts):
+                tg.create_task(part(), name=f"{name}-{i}")
+    except* (WebSocketDisconnect, _Closed):
+        pass
+    except* RuntimeError:  # a part sending just as the socket closed: the end, not a fault
+        if ws.application_state != WebSocketState.DISCONNECTED:
+            raise
+
+
 async def alerts_socket(ws: WebSocket) -> None:
     await ws.accept()
-    who = await authenticate(ws)
-    if who is None:
+    try:
+        session = await authenticate(ws)
+    except Unavailable as e:
+        log.warning("websocket refused: database unavailable", error=str(e))
+        await ws.close(code=1013, reason="database unavailable; try again")
+        return
+    if session is None:
         log.warning("websocket refused: no valid token", path=ws.url.path)
         await ws.close(code=1008, reason="invalid or missing token")
         return
     hub: AlertHub = ws.app.state.hub
-    client = Client(who)
+    client = Client(session.who)
     hub.clients.add(client)
     try:
-        await ws.send_json({"type": "hello", "user": who.username, "scope": who.scope})
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(_pump(ws, client), name="ws-alerts-send")
-            tg.create_task(_drain(ws), name="ws-alerts-receive")
-    except* (WebSocketDisconnect, _Closed):
+        await ws.send_json({"type": "hello", "user": client.who.username,
+                            "scope": client.who.scope})
+        await serve_socket(ws, session, "ws-alerts", lambda: _pump(ws, client),
+                           lambda: drain(ws), on_change=lambda who: setattr(client, "who", who))
+    except WebSocketDisconnect:
         pass
     finally:
         hub.clients.discard(client)
-
-
 class _Closed(Exception):
-    """The socket ended (by the peer, or by us on overflow)."""
+    """The socket ended (by the peer, or by us: overflow, user disabled, token expired)."""
 
 
 async def _pump(ws: WebSocket, client: Client) -> None:
@@ -135,7 +212,7 @@ async def _pump(ws: WebSocket, client: Client) -> None:
         await ws.send_json(get.result())
 
 
-async def _drain(ws: WebSocket) -> None:
+async def drain(ws: WebSocket) -> None:
     """Reads (and ignores) what the phone sends, so a disconnect is noticed at once."""
     while True:
         msg = await ws.receive()

@@ -7,13 +7,14 @@ silence); both mutate the given SubjectState and return RuleEvents. Nothing here
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from geofence import keys
 from geofence.geodesy import haversine_m
+from geofence.keys import ZONE_KINDS, RuleKind
 from geofence.rules import (
     CLEAR,
     OPEN,
@@ -26,11 +27,9 @@ from geofence.rules import (
     force_open,
     step,
 )
-from geofence.schedule import in_force
 from geofence.types import DeviceEvent, DeviceKind, Fix, Subject, VictimLink
-from geofence.zones import CompiledZone, ZoneIndex
+from geofence.zones import CompiledZone, ZoneIndex, applies
 
-_ZONE_KEY = re.compile(r"[zb](\d+):(.+)")  # rule keys of a zone (z) and of its buffer ring (b)
 _IMPAIRED = {"loc": lambda v: isinstance(v, int | float) and v < 0,  # permission not granted
              "bo": lambda v: v == 1, "ps": lambda v: v == 1, "hib": lambda v: v == 1}
 
@@ -82,34 +81,33 @@ class Judge:
         for c in self.w.zones.inclusion_for(self.subject):
             found[c.zone.id] = c
         for key, r in rules.items():  # a breach or pending one must see the fix that ends it
-            m = _ZONE_KEY.fullmatch(key)
-            if r.st != "clear" and m and m[2] == f.device_id:
-                zid = int(m[1])
+            k = keys.parse(key) if r.st != "clear" else None
+            if k and k.kind in ZONE_KINDS and k.device_id == f.device_id:
+                zid = k.ref
                 if zid in self.w.zones.by_id:
                     found[zid] = self.w.zones.by_id[zid]
         return found
 
-    def judge_zones(self, f: Fix, near: list[CompiledZone], rules: dict[str, Rule],
-                    late: bool) -> None:
+    def judge_zones(self, f: Fix, near: list[CompiledZone], rules: dict[str, Rule]) -> None:
         t, acc = f.fix_time.timestamp(), self.s.accuracy(f.accuracy_m)
         frames: dict = {}
         for zid, c in self.zones_for(f, near, rules).items():
             z = c.zone
             depth = None
-            if z.exists_at(f.fix_time) and in_force(z.schedule, self.tz, f.fix_time):
+            if applies(z, self.subject, f.fix_time):
                 if c.frame.key not in frames:
                     frames[c.frame.key] = c.frame.to_m(f.lon, f.lat)
                 inside = c.depth_m(*frames[c.frame.key])
                 depth = inside if z.kind == "exclusion" else -inside
-            checks = [(f"z{zid}:{f.device_id}", zone_type(c), depth)]
+            checks = [(keys.zone(zid, f.device_id), zone_type(c), depth)]
             if z.buffer_m:
-                checks.append((f"b{zid}:{f.device_id}", "exclusion_buffer",
+                checks.append((keys.buffer(zid, f.device_id), "exclusion_buffer",
                                None if depth is None else depth + z.buffer_m))
             for key, type_, d in checks:
                 out = step(rules.setdefault(key, Rule()), d, acc, t, self.s)
                 if out:
                     self.emit(out[0], type_, f.fix_time, device_id=f.device_id, zone_id=zid,
-                              confidence=out[1], late=late or self.is_late(f), position=_pos(f),
+                              confidence=out[1], late=self.is_late(f), position=_pos(f),
                               details={"zone": z.name, "depth_m": round(d or 0.0, 1)})
 
     def is_late(self, f: Fix) -> bool:
@@ -132,9 +130,10 @@ class Judge:
                       late=self.is_late(f), position=_pos(f),
                       details={"limit_m": limit_m, "depth_m": round(depth or 0.0, 1)})
 
-    def device_rule(self, st: SubjectState, key: str, type_: str, on: bool, at: datetime,
+    def device_rule(self, st: SubjectState, kind: RuleKind, type_: str, on: bool, at: datetime,
                     device_id: str, **kw: object) -> None:
-        r = st.rules.setdefault(key, Rule())
+        """A rule about the device itself: opened or cleared by one report, no hysteresis."""
+        r = st.rules.setdefault(keys.device(kind, device_id), Rule())
         if on and force_open(r, at.timestamp()):
             self.emit(OPEN, type_, at, device_id=device_id, **kw)
         elif not on and force_clear(r):
@@ -148,7 +147,8 @@ class Judge:
         self.back_online(st, f.device_id, f.received_at)
         if f.mock or f.outlier:
             self.spoofing(st, f)
-        elif ((spoof := st.rules.get(f"spoof:{f.device_id}")) and spoof.st == "breach"
+        elif ((spoof := st.rules.get(keys.device(RuleKind.SPOOF, f.device_id)))
+              and spoof.st == "breach"
               and step(spoof, None, 0.0, f.fix_time.timestamp(), self.s)):
             self.emit(CLEAR, "location_spoofing", f.fix_time, device_id=f.device_id)
         if f.outlier:
@@ -156,10 +156,10 @@ class Judge:
         if kind == DeviceKind.VICTIM:
             self.victim_fix(st, f)
         else:
-            self.judge_zones(f, near, st.rules, late=False)
+            self.judge_zones(f, near, st.rules)
             for v in self.w.victims.get(self.subject.id, ()):
                 if v.device_id in st.tracks:
-                    self.judge_pair(f"v{v.id}:{f.device_id}", "victim_proximity", f,
+                    self.judge_pair(keys.victim(v.id, f.device_id), "victim_proximity", f,
                                     st.tracks[v.device_id], v.radius_m, st.rules, False, None)
             self.separation(st, f, kind)
         if f.battery_pct is not None:
@@ -176,8 +176,8 @@ class Judge:
             for dev, kind in self.subject.devices.items():
                 if kind != DeviceKind.VICTIM and dev in st.tracks:
                     other = st.tracks[dev]
-                    self.judge_pair(f"v{v.id}:{dev}", "victim_proximity", f, other, v.radius_m,
-                                    st.rules, False, None)
+                    self.judge_pair(keys.victim(v.id, dev), "victim_proximity", f, other,
+                                    v.radius_m, st.rules, False, None)
 
     def separation(self, st: SubjectState, f: Fix, kind: DeviceKind | None) -> None:
         want = {DeviceKind.PHONE: DeviceKind.WEARABLE, DeviceKind.WEARABLE: DeviceKind.PHONE}
@@ -190,7 +190,7 @@ class Judge:
     def spoofing(self, st: SubjectState, f: Fix) -> None:
         """A mock-location fix at once; impossible jumps only when two come within the
         window (one is a GPS glitch). It ends after sustained good fixes (see `fix`)."""
-        r = st.rules.setdefault(f"spoof:{f.device_id}", Rule())
+        r = st.rules.setdefault(keys.device(RuleKind.SPOOF, f.device_id), Rule())
         t = f.fix_time.timestamp()
         if r.st == "breach":
             r.n, r.cn, r.last = r.n + 1, 0, t
@@ -205,20 +205,23 @@ class Judge:
 
     def battery(self, st: SubjectState, device_id: str, pct: int, at: datetime) -> None:
         if pct <= self.s.battery_low_pct:
-            self.device_rule(st, f"batt:{device_id}", "battery_low", True, at, device_id,
+            self.device_rule(st, RuleKind.BATTERY, "battery_low", True, at, device_id,
                              details={"battery_pct": pct})
         elif pct >= self.s.battery_clear_pct:
-            self.device_rule(st, f"batt:{device_id}", "battery_low", False, at, device_id)
+            self.device_rule(st, RuleKind.BATTERY, "battery_low", False, at, device_id)
 
     def back_online(self, st: SubjectState, device_id: str, at: datetime) -> None:
-        r = st.rules.get(f"off:{device_id}")
+        r = st.rules.get(keys.device(RuleKind.OFFLINE, device_id))
         if r and force_clear(r):
             self.emit(CLEAR, "device_offline", at, device_id=device_id)
 
-    def late_fixes(self, st: SubjectState, fixes: list[Fix], near: dict[int, list]) -> None:
+    def late_fixes(self, st: SubjectState, fixes: list[Fix],
+                   near: dict[Fix, list[CompiledZone]]) -> None:
         """Fixes older than the device's newest judged fix (a buffered upload arriving after
         newer ones): replayed in time order on scratch rules, so the breaches they reveal are
-        raised, marked late, while the subject's current state stays as it is."""
+        raised while the subject's current state stays as it is. `late` is the contract's: the
+        fix reached Tether more than `late_after_s` after its time. One that is merely older
+        than another worker's newer fix (two workers share a device's fixes) is not late."""
         scratch: dict[str, Rule] = {}
         for f in fixes:
             track = st.tracks.setdefault(f.device_id, Track())
@@ -226,7 +229,7 @@ class Judge:
             if f.outlier or self.kind(f.device_id) == DeviceKind.VICTIM:
                 continue
             before = len(self.events)
-            self.judge_zones(f, near.get(id(f), []), scratch, late=True)
+            self.judge_zones(f, near.get(f, []), scratch)
             self.events[before:] = [e for e in self.events[before:] if e.action == OPEN]
 
     def event(self, st: SubjectState, e: DeviceEvent) -> None:
@@ -239,24 +242,24 @@ class Judge:
         kw = {"position": pos, "late": (e.received_at - e.event_time).total_seconds()
               > self.s.late_after_s}
         if e.type in ("strap_open", "tamper"):
-            self.device_rule(st, f"strap:{e.device_id}", "strap_tamper", True, e.event_time,
+            self.device_rule(st, RuleKind.STRAP, "strap_tamper", True, e.event_time,
                              e.device_id, details={"event": e.type}, **kw)
         elif e.type == "strap_closed":
-            self.device_rule(st, f"strap:{e.device_id}", "strap_tamper", False, e.event_time,
+            self.device_rule(st, RuleKind.STRAP, "strap_tamper", False, e.event_time,
                              e.device_id)
         elif e.type == "sos":  # every press counts: no state that could swallow the next one
             self.emit(OPEN, "sos", e.event_time, device_id=e.device_id, **kw)
         elif e.type == "battery_low":
-            self.device_rule(st, f"batt:{e.device_id}", "battery_low", True, e.event_time,
+            self.device_rule(st, RuleKind.BATTERY, "battery_low", True, e.event_time,
                              e.device_id, details={"battery_pct": e.battery_pct}, **kw)
         elif e.type == "charger_on":
-            self.device_rule(st, f"batt:{e.device_id}", "battery_low", False, e.event_time,
+            self.device_rule(st, RuleKind.BATTERY, "battery_low", False, e.event_time,
                              e.device_id)
         elif e.type == "owntracks_status":
             android = e.data.get("android")
             if isinstance(android, dict):
                 why = sorted(k for k, bad in _IMPAIRED.items() if bad(android.get(k)))
-                self.device_rule(st, f"impaired:{e.device_id}", "tracking_impaired", bool(why),
+                self.device_rule(st, RuleKind.IMPAIRED, "tracking_impaired", bool(why),
                                  e.received_at, e.device_id, details={"settings": why})
         if e.battery_pct is not None:
             self.battery(st, e.device_id, e.battery_pct, e.event_time)
@@ -264,12 +267,12 @@ class Judge:
 
 def evaluate(st: SubjectState, subject: Subject, world: World, settings: RuleSettings,
              fixes: Iterable[Fix], events: Iterable[DeviceEvent],
-             near: dict[int, list[CompiledZone]]) -> list[RuleEvent]:
+             near: dict[Fix, list[CompiledZone]]) -> list[RuleEvent]:
     """Judge one subject's new fixes (its own devices' and its victims') and device events.
 
-    `near` maps id(fix) to the zones whose box contains it (one vectorised index query per
-    batch, made by the caller). Items are judged in time order; per device, fixes older than
-    its newest judged fix take the late path.
+    `near` maps each fix (by identity) to the zones whose box contains it (one vectorised
+    index query per batch, made by the caller). Items are judged in time order; per device,
+    fixes older than its newest judged fix take the late path.
     """
     judge = Judge(world, subject, settings)
     items = sorted([*((f.fix_time, 0, f) for f in fixes),
@@ -281,7 +284,7 @@ def evaluate(st: SubjectState, subject: Subject, world: World, settings: RuleSet
         elif item.fix_time.timestamp() <= st.tracks.get(item.device_id, Track()).t:
             late.append(item)
         else:
-            judge.fix(st, item, near.get(id(item), []))
+            judge.fix(st, item, near.get(item, []))
     if late:
         judge.late_fixes(st, late, near)
     return judge.events

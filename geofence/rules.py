@@ -19,30 +19,46 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+from pydantic import BaseModel, Field
 
 from geofence.types import DeviceKind
 
+MAX_ACCURACY_M = 100_000.0  # as the decoder's bound: coarser than this is no position
 
-@dataclass(frozen=True, slots=True)
-class RuleSettings:
-    min_accuracy_m: float = 10.0  # phones under-report their error: never trust less than this
-    unknown_accuracy_m: float = 50.0  # a fix with no accuracy is treated as this coarse
-    probable_dwell_s: float = 300.0
-    max_gap_s: float = 600.0  # probable fixes further apart do not confirm each other
-    clear_fixes: int = 3
-    clear_s: float = 180.0
-    fresh_s: float = 120.0  # two devices' fixes this close in time are compared
-    separation_m: float = 200.0
-    separation_dwell_s: float = 300.0
+
+class RuleSettings(BaseModel):
+    """The rules' settings section (`TETHER_*`, read by the command); defaults suit one fix a
+    minute. A plain model here: geofence reads no environment."""
+
+    min_accuracy_m: float = Field(10.0, description="never trust a fix to be better than this "
+                                  "(phones under-report their error)")
+    unknown_accuracy_m: float = Field(50.0, description="accuracy assumed when a fix has none")
+    probable_dwell_s: float = Field(300.0, description="probable fixes this long confirm")
+    max_gap_s: float = Field(600.0, description="evidence further apart does not combine")
+    clear_fixes: int = Field(3, description="compliant fixes in a row that end a breach")
+    clear_s: float = Field(180.0, description="... or compliance for this long")
+    fresh_s: float = Field(120.0, description="fixes of two devices this close are compared")
+    separation_m: float = Field(200.0, description="phone-wearable distance beyond accuracy")
+    separation_dwell_s: float = Field(300.0, description="... for this long: device_separation")
     battery_low_pct: int = 15
     battery_clear_pct: int = 30
-    offline_after_s: dict[str, float] = field(default_factory=lambda: {
-        DeviceKind.WEARABLE: 900.0, DeviceKind.PHONE: 1800.0, DeviceKind.VICTIM: 1800.0})
-    spoof_window_s: float = 600.0  # two impossible jumps this close are spoofing, not a glitch
-    late_after_s: float = 60.0
+    offline_wearable_s: float = 900.0
+    offline_phone_s: float = 1800.0
+    offline_victim_s: float = 1800.0
+    spoof_window_s: float = Field(600.0, description="two impossible jumps this close are "
+                                  "spoofing, not a glitch")
+    late_after_s: float = Field(60.0, description="a fix received later than this is 'late'")
+
+    def offline_after_s(self, kind: str) -> float:
+        return {DeviceKind.WEARABLE: self.offline_wearable_s, DeviceKind.PHONE:
+                self.offline_phone_s}.get(kind, self.offline_victim_s)
 
     def accuracy(self, acc: float | None) -> float:
-        return max(self.unknown_accuracy_m if acc is None else acc, self.min_accuracy_m)
+        # Bounded both ways: sums of accuracies live in the rule state, and an infinite one
+        # would be saved as null and never load again.
+        if acc is None or not math.isfinite(acc):
+            acc = self.unknown_accuracy_m
+        return min(max(acc, self.min_accuracy_m), MAX_ACCURACY_M)
 
 
 class Rule(msgspec.Struct, omit_defaults=True):
@@ -98,7 +114,7 @@ def step(r: Rule, depth: float | None, acc: float, t: float, s: RuleSettings,
 
     `dwell_s` set: only a dwell of that length confirms (no instant or statistical opening).
     """
-    if depth is None or depth <= 0:
+    if depth is None or not math.isfinite(depth) or depth <= 0:  # no usable evidence of breach
         if r.st == "pending":
             r.st, r.n, r.depth, r.acc = "clear", 0, 0.0, 0.0
         elif r.st == "breach":

@@ -13,11 +13,13 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from geofence import keys
 from geofence.engine import Judge, World, zone_type
+from geofence.keys import RuleKind
 from geofence.rules import CLEAR, OPEN, Rule, RuleEvent, RuleSettings, SubjectState, step
-from geofence.schedule import boundaries, in_force, next_boundary
+from geofence.schedule import boundaries, next_boundary
 from geofence.types import DeviceKind, Subject
-from geofence.zones import CompiledZone
+from geofence.zones import CompiledZone, applies
 
 FIRST_LOOK_BACK = timedelta(minutes=1)  # a subject never ticked before: how far back to look
 
@@ -38,7 +40,7 @@ def scheduled_zones(world: World, subject: Subject, st: SubjectState) -> list[Co
 def _silent(st: SubjectState, device_id: str, kind: DeviceKind, now: float,
             s: RuleSettings) -> bool:
     t = st.tracks.get(device_id)
-    return t is None or now - t.seen > s.offline_after_s.get(kind, 1800.0)
+    return t is None or now - t.seen > s.offline_after_s(kind)
 
 
 def tick(st: SubjectState, subject: Subject, world: World, s: RuleSettings,
@@ -51,15 +53,15 @@ def tick(st: SubjectState, subject: Subject, world: World, s: RuleSettings,
     for c in scheduled_zones(world, subject, st):
         z = c.zone
         marks = boundaries(z.schedule, judge.tz, after, now)
-        if after < z.created_at <= now and in_force(z.schedule, judge.tz, z.created_at):
+        if after < z.created_at <= now and applies(z, subject, z.created_at):
             marks.append((z.created_at, True))
-        if in_force(z.schedule, judge.tz, now) and z.exists_at(now):
+        if applies(z, subject, now):
             in_force_now.append(z.id)
         for at, starts in sorted(marks):
             if not z.exists_at(at):
                 continue
             for dev, kind in devices.items():
-                key = f"z{z.id}:{dev}"
+                key = keys.zone(z.id, dev)
                 if not starts:
                     r = st.rules.get(key)
                     if r and r.st != "clear":
@@ -71,7 +73,7 @@ def tick(st: SubjectState, subject: Subject, world: World, s: RuleSettings,
                     continue
                 track = st.tracks.get(dev)
                 if track is None or _silent(st, dev, kind, at.timestamp(), s):
-                    judge.device_rule(st, f"off:{dev}", "device_offline", True, at, dev,
+                    judge.device_rule(st, RuleKind.OFFLINE, "device_offline", True, at, dev,
                                       details={"zone": z.name, "zone_id": z.id,
                                                "reason": "silent at the start of a window"})
                     continue
@@ -88,9 +90,9 @@ def tick(st: SubjectState, subject: Subject, world: World, s: RuleSettings,
                                         "reason": "last known position at window start"})
     for dev, kind in devices.items():
         if _silent(st, dev, kind, t_now, s) and dev in st.tracks:
-            r = st.rules.setdefault(f"off:{dev}", Rule())
+            r = st.rules.setdefault(keys.device(RuleKind.OFFLINE, dev), Rule())
             if r.st != "breach":
-                judge.device_rule(st, f"off:{dev}", "device_offline", True, now, dev,
+                judge.device_rule(st, RuleKind.OFFLINE, "device_offline", True, now, dev,
                                   details={"silent_s": round(t_now - st.tracks[dev].seen),
                                            "zones_in_force": in_force_now})
     st.ticked = t_now
@@ -111,8 +113,8 @@ def next_due(st: SubjectState, subject: Subject, world: World, s: RuleSettings,
             due = min(due, c.zone.created_at)
     for dev, kind in subject.devices.items():
         t = st.tracks.get(dev)
-        r = st.rules.get(f"off:{dev}")
+        r = st.rules.get(keys.device(RuleKind.OFFLINE, dev))
         if kind != DeviceKind.VICTIM and t is not None and (r is None or r.st != "breach"):
-            limit = datetime.fromtimestamp(t.seen + s.offline_after_s.get(kind, 1800.0), UTC)
+            limit = datetime.fromtimestamp(t.seen + s.offline_after_s(kind), UTC)
             due = min(due, max(limit, now) + timedelta(seconds=1))
     return due

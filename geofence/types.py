@@ -7,6 +7,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+# Device ids (contract §1); the MQTT username and topic segment of a device.
+DEVICE_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,64}"
+
 
 class Datum(StrEnum):
     WGS84 = "wgs84"
@@ -20,9 +23,10 @@ class DeviceKind(StrEnum):
     VICTIM = "victim"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Fix:
-    """One position report, always held in WGS-84 (the original is kept when converted)."""
+    """One position report, always held in WGS-84 (the original is kept when converted).
+    Immutable once decoded: a filter's verdict (`outlier`) is a copy, never an edit."""
 
     device_id: str
     fix_time: datetime  # device clock, timezone-aware UTC
@@ -44,7 +48,7 @@ class Fix:
     extra: dict[str, Any] | None = None  # fields beyond the contract (OwnTracks extras)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class DeviceEvent:
     """A non-positional report: strap, battery, SOS, connectivity, OwnTracks status..."""
 

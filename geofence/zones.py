@@ -11,13 +11,14 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyproj
 import shapely
 from shapely.geometry import shape as geojson_shape
 
-from geofence.schedule import Window
+from geofence.schedule import Window, in_force
 from geofence.types import Subject
 
 GRID_DEG = 0.25
@@ -55,6 +56,15 @@ class Zone:
         if self.subject_id is not None:
             return self.subject_id == subject.id
         return self.jurisdiction_id in subject.jurisdiction_path
+
+
+def applies(zone: Zone, subject: Subject, t: datetime) -> bool:
+    """Whether `zone` binds `subject` at `t`: it is the subject's (own or of a jurisdiction
+    above), it existed then (created, not yet deleted), and its schedule, read in the subject's
+    time zone, is in force. The one answer evaluation and timers share, so that a late fix is
+    judged on the rules in force at its time; leave permits and monitoring orders plug in here."""
+    return (zone.applies_to(subject) and zone.exists_at(t)
+            and in_force(zone.schedule, ZoneInfo(subject.timezone), t))
 
 
 @dataclass(frozen=True, slots=True)

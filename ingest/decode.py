@@ -5,6 +5,7 @@ Never raises for bad input: every problem becomes a `Reject` with a reason an op
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -13,12 +14,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from geofence.datum import to_wgs84
-from geofence.types import Datum, DeviceEvent, Fix, Reject
+from geofence.types import DEVICE_ID_PATTERN, Datum, DeviceEvent, Fix, Reject
 
 MAX_PAYLOAD_BYTES = 256 * 1024  # larger messages are rejected whole
 MAX_BATCH_ITEMS = 500
 KEPT_PAYLOAD_BYTES = 64 * 1024  # how much of a rejected message is kept
-DEVICE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 EVENT_TYPES = frozenset({
     "strap_open", "strap_closed", "tamper", "battery_low", "charger_on", "charger_off",
     "power_off", "sos", "heartbeat",
@@ -26,30 +27,54 @@ EVENT_TYPES = frozenset({
 # Epoch seconds outside this range are a device clock bug (often milliseconds sent as seconds).
 _MIN_EPOCH = 946684800.0  # 2000-01-01
 _MAX_EPOCH = 4102444800.0  # 2100-01-01
+# Kept data (OwnTracks extras, event data) goes to jsonb and to officers' screens: nesting and
+# integers are bounded here, so no later stage (jsonb, json.dumps, a recursive walk) can fail.
+MAX_DEPTH = 16
+MAX_INT = 2**63 - 1
+MAX_REASON = 500
 
+# Every number is bounded where it is decoded, so no later sum or product can overflow to inf
+# (which msgspec would save as null in the rule state, and which float4 columns refuse).
 Lat = Annotated[float, msgspec.Meta(ge=-90, le=90)]
 Lon = Annotated[float, msgspec.Meta(ge=-180, le=180)]
-NonNeg = Annotated[float, msgspec.Meta(ge=0)]
+Accuracy = Annotated[float, msgspec.Meta(ge=0, le=100_000)]  # 100 km: coarser is no fix
+Altitude = Annotated[float, msgspec.Meta(ge=-20_000, le=100_000)]
+Speed = Annotated[float, msgspec.Meta(ge=0, le=2_000)]  # m/s; above any vehicle on the ground
+SpeedKmh = Annotated[float, msgspec.Meta(ge=0, le=7_200)]
+Degrees = Annotated[float, msgspec.Meta(ge=0, le=360)]
 Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]  # the column is int8
+EventType = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Timestamps accepted, relative to when the message was received (the decoder is pure)."""
+
+    max_age: timedelta = timedelta(days=400)  # the retention: older would be dropped at once
+    max_future: timedelta = timedelta(minutes=5)
+
+
+DEFAULT_LIMITS = Limits()
 
 
 class _NativeFix(msgspec.Struct):
     ts: datetime | float
     lat: Lat
     lon: Lon
-    acc: NonNeg | None = None
-    alt: float | None = None
-    spd: NonNeg | None = None
-    hdg: Annotated[float, msgspec.Meta(ge=0, le=360)] | None = None
+    acc: Accuracy | None = None
+    alt: Altitude | None = None
+    spd: Speed | None = None
+    hdg: Degrees | None = None
     batt: Percent | None = None
     src: Literal["gps", "wifi", "cell", "fused"] | None = None
     crs: Literal["wgs84", "gcj02", "bd09"] = "wgs84"
     mock: bool | None = None
-    seq: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    seq: Seq | None = None
 
 
 class _NativeEvent(msgspec.Struct):
-    type: str
+    type: EventType
     ts: datetime | float
     lat: Lat | None = None
     lon: Lon | None = None
@@ -60,10 +85,10 @@ class _OTLocation(msgspec.Struct):
     tst: float
     lat: Lat
     lon: Lon
-    acc: NonNeg | None = None
-    alt: float | None = None
-    vel: NonNeg | None = None  # km/h
-    cog: Annotated[float, msgspec.Meta(ge=0, le=360)] | None = None
+    acc: Accuracy | None = None
+    alt: Altitude | None = None
+    vel: SpeedKmh | None = None
+    cog: Degrees | None = None
     batt: Percent | None = None
 
 
@@ -91,13 +116,14 @@ class Decoded:
 
 
 def decode_message(
-    topic: str, payload: bytes, received_at: datetime, topics: Topics, retained: bool = False
+    topic: str, payload: bytes, received_at: datetime, topics: Topics, retained: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Decoded:
     out = Decoded()
 
     def reject(reason: str, raw: bytes = payload) -> Decoded:
-        out.rejects.append(Reject(topic, bytes(raw[:KEPT_PAYLOAD_BYTES]), reason, received_at,
-                                  out.device_id))
+        out.rejects.append(Reject(topic, bytes(raw[:KEPT_PAYLOAD_BYTES]), _printable(reason),
+                                  received_at, out.device_id))
         return out
 
     try:
@@ -111,18 +137,26 @@ def decode_message(
         return reject(f"oversize: {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     if not payload.strip():
         return reject("empty payload")
+    stamp = _Stamp(received_at, limits)
     try:
         if route == "loc":
-            _native_fixes(payload, device_id, received_at, out, reject)
+            _native_fixes(payload, device_id, received_at, stamp, out, reject)
         elif route == "evt":
-            _native_events(payload, device_id, received_at, out, reject)
+            _native_events(payload, device_id, received_at, stamp, out, reject)
         elif route == "status":
             _status(payload, device_id, received_at, retained, out)
         else:
-            _owntracks(route, payload, device_id, received_at, out)
-    except (msgspec.ValidationError, msgspec.DecodeError, DecodeError) as e:
+            _owntracks(route, payload, device_id, received_at, stamp, out)
+    except Exception as e:  # the contract: nothing a device sends may escape as an exception
+        out.fixes, out.events = [], []
         return reject(_reason(e))
     return out
+
+
+def _printable(reason: str) -> str:
+    """A reason is stored as text: no NUL, no lone surrogate, bounded."""
+    reason = reason[:MAX_REASON].replace("\x00", "\\0")
+    return reason.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _route(topic: str, topics: Topics) -> tuple[str, str]:
@@ -146,26 +180,84 @@ def _route(topic: str, topics: Topics) -> tuple[str, str]:
 
 def _device_id(candidate: str) -> str:
     if not DEVICE_ID.fullmatch(candidate):
-        raise DecodeError("bad device id: must match [A-Za-z0-9_.:-]{1,64}")
+        raise DecodeError(f"bad device id: must match {DEVICE_ID_PATTERN}")
     return candidate
 
 
-def _reason(e: Exception) -> str:
+def _reason(e: BaseException) -> str:
     if isinstance(e, msgspec.ValidationError):  # a subclass of DecodeError: test it first
         return f"invalid: {e}"
     if isinstance(e, msgspec.DecodeError):
         return f"not JSON: {e}"
-    return str(e)
+    if isinstance(e, DecodeError):
+        return str(e)
+    if isinstance(e, RecursionError):
+        return "invalid: nested too deeply"
+    # Not a case we foresaw (OverflowError, ValueError, ...): still a reject, never a crash.
+    return f"undecodable: {type(e).__name__}: {e}"
 
 
-def _timestamp(ts: datetime | float) -> datetime:
-    if isinstance(ts, datetime):
-        if ts.tzinfo is None:
-            raise DecodeError("invalid: ts needs a UTC offset (RFC 3339) - at `$.ts`")
-        return ts.astimezone(UTC)
-    if not _MIN_EPOCH <= ts <= _MAX_EPOCH:
-        raise DecodeError(f"invalid: ts {ts!r} is not epoch seconds in 2000..2100 - at `$.ts`")
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=ts)
+class _Stamp:
+    """Device timestamps to UTC, bounded to [received - retention, received + future limit]."""
+
+    __slots__ = ("at", "newest", "oldest")
+
+    def __init__(self, received_at: datetime, limits: Limits) -> None:
+        self.at = received_at
+        self.oldest = received_at - limits.max_age
+        self.newest = received_at + limits.max_future
+
+    def __call__(self, ts: datetime | float, where: str = "ts") -> datetime:
+        if isinstance(ts, datetime):
+            if ts.tzinfo is None:
+                raise DecodeError(f"invalid: {where} needs a UTC offset (RFC 3339)"
+                                  f" - at `$.{where}`")
+            try:
+                when = ts.astimezone(UTC)
+            except (OverflowError, ValueError):  # year 1 at +14:00 is before year 1 in UTC
+                raise DecodeError(f"invalid: {where} out of range - at `$.{where}`") from None
+        else:
+            if not _MIN_EPOCH <= ts <= _MAX_EPOCH:  # also refuses inf and nan
+                raise DecodeError(f"invalid: {where} {ts!r} is not epoch seconds in 2000..2100"
+                                  f" - at `$.{where}`")
+            when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=ts)
+        if when > self.newest:
+            raise DecodeError(f"future: {where} dated "
+                              f"{(when - self.at).total_seconds():.0f} s after it was received")
+        if when < self.oldest:
+            raise DecodeError(f"invalid: {where} is older than the retention window - at "
+                              f"`$.{where}`")
+        return when
+
+
+def _check_kept(obj: Any, depth: int = 0) -> None:
+    """Data kept as jsonb must be storable and printable: bounded depth and integers, finite
+    numbers, no NUL (jsonb refuses it), no lone surrogate (UTF-8 cannot encode it)."""
+    if depth > MAX_DEPTH:
+        raise DecodeError(f"invalid: extra data nested deeper than {MAX_DEPTH}")
+    if isinstance(obj, str):
+        if "\x00" in obj:
+            raise DecodeError("invalid: NUL character in a string")
+        if not obj.isascii():
+            try:
+                obj.encode("utf-8")
+            except UnicodeEncodeError:
+                raise DecodeError("invalid: lone surrogate in a string") from None
+    elif isinstance(obj, bool) or obj is None:
+        return
+    elif isinstance(obj, int):
+        if not -MAX_INT <= obj <= MAX_INT:
+            raise DecodeError("invalid: integer out of range in extra data")
+    elif isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise DecodeError("invalid: non-finite number in extra data")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_kept(k, depth + 1)
+            _check_kept(v, depth + 1)
+    elif isinstance(obj, list):
+        for v in obj:
+            _check_kept(v, depth + 1)
 
 
 def _position(lat: float, lon: float) -> None:
@@ -190,36 +282,35 @@ def _each(payload: bytes, one: Any, reject: Any) -> None:
     for i, raw in enumerate(_items(payload)):
         try:
             one(bytes(raw))
-        except (msgspec.ValidationError, msgspec.DecodeError, DecodeError) as e:
+        except Exception as e:  # one bad item is rejected alone, whatever went wrong
             reject(f"item {i}: {_reason(e)}", bytes(raw))
 
 
-def _native_fixes(payload: bytes, device_id: str, received_at: datetime, out: Decoded,
-                  reject: Any) -> None:
+def _native_fixes(payload: bytes, device_id: str, received_at: datetime, stamp: _Stamp,
+                  out: Decoded, reject: Any) -> None:
     def one(raw: bytes) -> None:
         f = _fix_decoder.decode(raw)
         _position(f.lat, f.lon)
-        fix = Fix(device_id, _timestamp(f.ts), f.lat, f.lon, received_at, accuracy_m=f.acc,
-                  altitude_m=f.alt, speed_mps=f.spd, heading_deg=f.hdg, battery_pct=f.batt,
-                  source=f.src, mock=f.mock, seq=f.seq)
-        if f.crs != "wgs84":
-            fix.datum = Datum(f.crs)
-            fix.reported_lat, fix.reported_lon = f.lat, f.lon
-            fix.lat, fix.lon = to_wgs84(f.lat, f.lon, f.crs)
-        out.fixes.append(fix)
+        datum = {} if f.crs == "wgs84" else {"datum": Datum(f.crs), "reported_lat": f.lat,
+                                              "reported_lon": f.lon}
+        lat, lon = (f.lat, f.lon) if not datum else to_wgs84(f.lat, f.lon, f.crs)
+        out.fixes.append(Fix(device_id, stamp(f.ts), lat, lon, received_at, accuracy_m=f.acc,
+                             altitude_m=f.alt, speed_mps=f.spd, heading_deg=f.hdg,
+                             battery_pct=f.batt, source=f.src, mock=f.mock, seq=f.seq, **datum))
 
     _each(payload, one, reject)
 
 
-def _native_events(payload: bytes, device_id: str, received_at: datetime, out: Decoded,
-                   reject: Any) -> None:
+def _native_events(payload: bytes, device_id: str, received_at: datetime, stamp: _Stamp,
+                   out: Decoded, reject: Any) -> None:
     def one(raw: bytes) -> None:
         obj = msgspec.json.decode(raw)
         e = msgspec.convert(obj, _NativeEvent)
         if e.type not in EVENT_TYPES:
             raise DecodeError(f"invalid: unknown event type {e.type!r} - at `$.type`")
         extra = {k: v for k, v in obj.items() if k not in _NATIVE_EVENT_KEYS}
-        out.events.append(DeviceEvent(device_id, _timestamp(e.ts), e.type, received_at,
+        _check_kept(extra)
+        out.events.append(DeviceEvent(device_id, stamp(e.ts), e.type, received_at,
                                       e.lat, e.lon, e.batt, extra))
 
     _each(payload, one, reject)
@@ -237,10 +328,11 @@ def _status(payload: bytes, device_id: str, received_at: datetime, retained: boo
 
 
 def _owntracks(route: str, payload: bytes, device_id: str, received_at: datetime,
-               out: Decoded) -> None:
+               stamp: _Stamp, out: Decoded) -> None:
     obj = msgspec.json.decode(payload)
     if not isinstance(obj, dict):
         raise DecodeError("invalid: OwnTracks payload must be a JSON object")
+    _check_kept(obj)  # kept whole (extras, events): small, and only OwnTracks pays for it
     kind = obj.get("_type")
     if not isinstance(kind, str):
         raise DecodeError("invalid: OwnTracks payload has no _type")
@@ -249,7 +341,7 @@ def _owntracks(route: str, payload: bytes, device_id: str, received_at: datetime
         _position(loc.lat, loc.lon)
         extra = {k: v for k, v in obj.items() if k not in _OT_LOCATION_KEYS}
         out.fixes.append(Fix(
-            device_id, _timestamp(loc.tst), loc.lat, loc.lon, received_at, accuracy_m=loc.acc,
+            device_id, stamp(loc.tst, "tst"), loc.lat, loc.lon, received_at, accuracy_m=loc.acc,
             altitude_m=loc.alt, speed_mps=None if loc.vel is None else loc.vel / 3.6,
             heading_deg=loc.cog, battery_pct=loc.batt, extra=extra or None))
     elif kind == "encrypted":
@@ -260,9 +352,11 @@ def _owntracks(route: str, payload: bytes, device_id: str, received_at: datetime
         tst = obj.get("tst")
         when = received_at
         if kind == "transition" and isinstance(tst, int | float) and not isinstance(tst, bool):
-            when = _timestamp(tst)
+            when = stamp(tst, "tst")
         lat, lon = obj.get("lat"), obj.get("lon")
-        ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lat, lon))
+        ok = (isinstance(lat, int | float) and isinstance(lon, int | float)
+              and not isinstance(lat, bool) and not isinstance(lon, bool)
+              and -90 <= lat <= 90 and -180 <= lon <= 180)
         out.events.append(DeviceEvent(device_id, when, etype, received_at,
                                       lat if ok else None, lon if ok else None,
                                       data={**obj, "topic_suffix": route[3:]}))

@@ -20,3 +20,7 @@ alerts_changed = Counter("tether_alerts_changed_total", "alerts opened, repeated
                          "by the rules", ["action", "type"])
 fix_to_alert = Histogram("tether_fix_to_alert_seconds", "from a batch's first message received "
                          "to its alerts committed", buckets=(.05, .1, .2, .3, .5, 1, 2, 5, 10))
+dead_letters = Counter("tether_ingest_dead_letters_total", "messages set aside as rejects after "
+                       "failing the same non-transient way repeatedly")
+rule_state_rebuilt = Counter("tether_rule_state_rebuilt_total", "subject rule states that did "
+                             "not decode and were started afresh")

@@ -22,7 +22,9 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
-from ingest import logs, metrics
+from ingest import metrics
+from tether import logs
+from tether.retry import Backoff
 
 log = logs.get("ingest.mqtt")
 
@@ -64,7 +66,7 @@ class MqttSource:
         self.connected = asyncio.Event()
 
     async def run(self, handle: Callable[[Delivery], Awaitable[None]]) -> None:
-        backoff = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             client = aiomqtt.Client(
                 self.broker.host, self.broker.port, identifier=self.client_id,
@@ -78,22 +80,26 @@ class MqttSource:
                     generation = self._generation
                     self._client = client
                     await client.subscribe([(t, 1) for t in self.subscriptions])
+                    # subscribe() waits through Python 3.11's asyncio.wait_for, which returns the
+                    # SUBACK instead of raising when a cancellation arrives with it: without
+                    # this check a stopped worker would go on consuming.
+                    logs.still_running()
                     metrics.mqtt_connects.inc()
                     log.info("mqtt connected", client_id=self.client_id,
                              subscriptions=self.subscriptions)
                     self.connected.set()
-                    backoff = 0.2
+                    backoff.reset()
                     async for m in client.messages:
                         await handle(Delivery(str(m.topic), bytes(m.payload), m.retain, m.mid,
                                               m.qos, generation))
             except aiomqtt.MqttError as e:
                 logs.still_running()
-                log.warning("mqtt connection lost; retrying", error=str(e), retry_s=backoff)
+                log.warning("mqtt connection lost; retrying", error=str(e),
+                            retry_s=backoff.delay)
             finally:
                 self.connected.clear()
                 self._client = None
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await backoff.wait()
 
     def ack(self, d: Delivery) -> None:
         """Acknowledge after commit. A message from an earlier connection is not acked: the

@@ -16,14 +16,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from geofence.types import DeviceEvent, Fix, Reject
-from ingest import logs, metrics
-from ingest.decode import KEPT_PAYLOAD_BYTES, Topics, decode_message
-from ingest.filters import FilterSettings, flag_outliers, reject_future
+from ingest import metrics
+from ingest.decode import KEPT_PAYLOAD_BYTES, Limits, Topics, decode_message
+from ingest.filters import FilterSettings, JumpState, judge_jumps, reject_future
 from ingest.mqtt import Delivery, MqttSource
 from ingest.rules_runner import Rules, StateConflict
-from ingest.settings import Settings
+from ingest.settings import IngestSettings
 from ingest.state import DeviceState, StateError
 from ingest.store import DataRejected, IngestStore, Registered, TransientError, WriteResult
+from tether import logs
+from tether.retry import every, retrying
+from tether.supervise import Health, supervised
 
 log = logs.get("ingest")
 MAX_PENDING_BATCHES = 2
@@ -45,7 +48,12 @@ class Batch:
     started: float = 0.0
 
 
-def subscriptions(settings: Settings) -> list[str]:
+def _text(s: str) -> str:
+    """Storable as text: no NUL, no lone surrogate (an error message may quote the payload)."""
+    return s.replace("\x00", "").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def subscriptions(settings: IngestSettings) -> list[str]:
     # Whole trees, not just the valid topic shapes: a device publishing to a wrong topic under
     # our roots must end as a reject an operator can see, not vanish unseen.
     share = f"$share/{settings.mqtt_share_group}/"
@@ -53,43 +61,59 @@ def subscriptions(settings: Settings) -> list[str]:
 
 
 class Ingest:
-    def __init__(self, settings: Settings, source: MqttSource, store: IngestStore,
-                 state: DeviceState, rules: Rules) -> None:
+    def __init__(self, settings: IngestSettings, source: MqttSource, store: IngestStore,
+                 state: DeviceState, rules: Rules, health: Health | None = None) -> None:
         self.settings = settings
+        self.health = health or Health()
         self.rules = rules
         self.source = source
         self.store = store
         self.state = state
         self.topics = Topics(settings.mqtt_root, settings.owntracks_root)
         self.filters = FilterSettings(timedelta(seconds=settings.max_future_s),
-                                      settings.max_speed_kmh / 3.6)
+                                      settings.max_speed_kmh / 3.6, settings.jump_confirm_fixes)
+        self.limits = Limits(timedelta(days=settings.retention_days),
+                             timedelta(seconds=settings.max_future_s))
         self.registry: dict[str, Registered] = {}
         self.batch = Batch()
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=MAX_PENDING_BATCHES)
+        self._current: Batch | None = None  # taken by the writer, not yet acked
         self.committed_batches = 0
 
     async def run(self) -> None:
+        """Each part runs supervised: one failing (a timer, the world watch) is logged, counted
+        and restarted with backoff while the others keep ingesting."""
+        parts = {"ingest-writer": self.writer, "ingest-flush-timer": self.flush_timer,
+                 "ingest-registry-refresh": self.registry_refresh,
+                 "ingest-retention": self.retention, "rules-world-watch": self.rules.watch,
+                 "rules-ticker": self.rules.ticker,
+                 "ingest-mqtt": lambda: self.source.run(self.receive)}
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.writer(), name="ingest-writer")
-            tg.create_task(self.flush_timer(), name="ingest-flush-timer")
-            tg.create_task(self.registry_refresh(), name="ingest-registry-refresh")
-            tg.create_task(self.retention(), name="ingest-retention")
-            tg.create_task(self.rules.watch(), name="rules-world-watch")
-            tg.create_task(self.rules.ticker(), name="rules-ticker")
-            tg.create_task(self.source.run(self.receive), name="ingest-mqtt")
+            for name, part in parts.items():
+                tg.create_task(supervised(name, part, self.health,
+                                          self.settings.task_restart_max_s), name=name)
 
     # --- receive: decode and filter, no I/O --------------------------------------------------
 
     async def receive(self, d: Delivery) -> None:
         received_at = datetime.now(UTC)
-        dec = decode_message(d.topic, d.payload, received_at, self.topics, d.retained)
-        fixes, future = reject_future(dec.fixes, d.topic, d.payload, self.filters)
-        metrics.messages.labels(d.topic.rsplit("/", 1)[-1] if dec.device_id else "bad").inc()
+        try:
+            dec = decode_message(d.topic, d.payload, received_at, self.topics, d.retained,
+                                 self.limits)
+            fixes, future = reject_future(dec.fixes, d.topic, d.payload, self.filters)
+            msg = _Message(d, dec.device_id, fixes, dec.events, dec.rejects + future)
+        except Exception as e:  # the decoder never raises; should it, the message is a reject
+            logs.still_running()
+            log.exception("decoder failed; message rejected", topic=d.topic)
+            msg = _Message(d, None, [], [], [Reject(
+                d.topic, d.payload[:KEPT_PAYLOAD_BYTES], f"undecodable: {type(e).__name__}",
+                received_at)])
+        metrics.messages.labels(d.topic.rsplit("/", 1)[-1] if msg.device_id else "bad").inc()
         b = self.batch
         if not b.messages:
             b.started = time.monotonic()
-        b.messages.append(_Message(d, dec.device_id, fixes, dec.events, dec.rejects + future))
-        b.rows += len(fixes)
+        b.messages.append(msg)
+        b.rows += len(msg.fixes)
         if b.rows >= self.settings.batch_rows or len(b.messages) >= self.settings.batch_messages:
             await self._hand_off()
 
@@ -101,6 +125,7 @@ class Ingest:
     async def flush_timer(self) -> None:
         age = self.settings.batch_age_ms / 1000
         while True:
+            logs.still_running()
             b = self.batch
             wait = age if not b.messages else b.started + age - time.monotonic()
             if b.messages and wait <= 0:
@@ -112,24 +137,37 @@ class Ingest:
 
     async def writer(self) -> None:
         while True:
-            batch = await self.queue.get()
-            metrics.pending_batches.set(self.queue.qsize())
-            await self.persist(batch)
+            # Python 3.11's wait_for (in redis-py, psycopg_pool, aiomqtt) can swallow a
+            # cancellation; each loop of a part re-raises a pending one, so a worker stops.
+            logs.still_running()
+            # A batch taken but not committed survives a restart of the writer: acks are
+            # in arrival order, so it must be finished before the next one.
+            if self._current is None:
+                self._current = await self.queue.get()
+                metrics.pending_batches.set(self.queue.qsize())
+            await self.persist(self._current)
+            self._current = None
             self.committed_batches += 1
 
+    async def _store(self, messages: list[_Message]) -> WriteResult:
+        """Registry check, jump filter, then one transaction. Transient failures are waited
+        out inside; anything else raises, for the caller to isolate."""
+        await self._check_registered(messages)
+        await self._filter_jumps(messages)
+        return await self._retry("store", lambda: self.store.write(
+            [f for m in messages for f in m.fixes], [e for m in messages for e in m.events],
+            [r for m in messages for r in m.rejects], judge=self.rules.judge))
+
     async def persist(self, batch: Batch) -> None:
-        await self._check_registered(batch)
-        fixes = [f for m in batch.messages for f in m.fixes]
-        events = [e for m in batch.messages for e in m.events]
-        rejects = [r for m in batch.messages for r in m.rejects]
-        await self._flag_outliers(fixes)
         started = time.monotonic()
         try:
-            result = await self._retry("store", lambda: self.store.write(
-                fixes, events, rejects, judge=self.rules.judge))
-        except DataRejected as e:
-            log.warning("batch refused by the database; storing message by message", error=str(e))
+            result = await self._store(batch.messages)
+        except Exception as e:  # not transient (those are held in _retry): isolate the culprit
+            logs.still_running()
+            log.warning("batch failed; storing message by message", error=f"{type(e).__name__}:"
+                        f" {str(e)[:200]}")
             result = await self._persist_each(batch)
+        fixes = [f for m in batch.messages for f in m.fixes]
         metrics.flush_seconds.observe(time.monotonic() - started)
         metrics.batch_rows.observe(len(fixes))
         metrics.fixes_stored.inc(result.fixes_stored)
@@ -144,8 +182,7 @@ class Ingest:
         for m in batch.messages:  # in arrival order, as MQTT asks of QoS 1 acks
             self.source.ack(m.delivery)
         try:  # from the messages again: the fallback may have turned some into rejects
-            await self.state.record([f for m in batch.messages for f in m.fixes],
-                                    [e for m in batch.messages for e in m.events])
+            await self.state.record(fixes, [e for m in batch.messages for e in m.events])
         except (StateError, OSError) as e:
             # The fixes are committed; the live state catches up with the next ones.
             logs.still_running()
@@ -153,87 +190,112 @@ class Ingest:
             log.warning("live state update failed", error=str(e))
 
     async def _persist_each(self, batch: Batch) -> WriteResult:
-        """Isolate the message the database refuses; it becomes a reject, the rest are kept."""
+        """Isolate the message that fails: it is tried `dead_letter_after` times, then set aside
+        as a reject (the database refusing its data: `unstorable`; anything else: `dead letter`)
+        and acknowledged with the rest, so a poison message cannot hold ingest forever."""
         stored = events = 0
+        changed: list[tuple[int, str, str]] = []
         for m in batch.messages:
-            try:
-                r = await self._retry("store", lambda m=m: self.store.write(
-                    m.fixes, m.events, m.rejects, judge=self.rules.judge))
-            except DataRejected as e:
+            error: Exception | None = None
+            for _attempt in range(self.settings.dead_letter_after):
+                try:
+                    r = await self._store([m])
+                    break
+                except Exception as e:  # non-transient by now: _retry waits out the others
+                    logs.still_running()
+                    error = e
+            else:
+                assert error is not None
+                metrics.dead_letters.inc()
+                kind = "unstorable" if isinstance(error, DataRejected) else "dead letter"
+                first = (str(error).splitlines() or [""])[0][:300]
+                log.warning("message set aside", topic=m.delivery.topic, reason=kind,
+                            error=f"{type(error).__name__}: {first}")
                 d = m.delivery
                 reject = Reject(d.topic, d.payload[:KEPT_PAYLOAD_BYTES],
-                                f"unstorable: {str(e).splitlines()[0]}", datetime.now(UTC),
-                                m.device_id)
+                                _text(f"{kind}: {type(error).__name__}: {first}"),
+                                datetime.now(UTC), m.device_id)
                 m.fixes, m.events, m.rejects = [], [], [*m.rejects, reject]
                 r = await self._retry("store", lambda m=m: self.store.write([], [], m.rejects))
             stored, events = stored + r.fixes_stored, events + r.events_stored
-        return WriteResult(stored, events)
+            changed += r.alerts_changed
+        return WriteResult(stored, events, changed)
 
-    async def _check_registered(self, batch: Batch) -> None:
-        wanted = {m.device_id for m in batch.messages
+    async def _check_registered(self, messages: list[_Message]) -> None:
+        wanted = {m.device_id for m in messages
                   if m.device_id and (m.fixes or m.events) and m.device_id not in self.registry}
         if wanted:
             found = await self._retry("registry", lambda: self.store.registered(wanted))
             self.registry.update(found)
-        for m in batch.messages:
+        for m in messages:
             if (m.fixes or m.events) and m.device_id not in self.registry:
                 d = m.delivery
                 m.rejects.append(Reject(d.topic, d.payload[:KEPT_PAYLOAD_BYTES], "unknown device",
                                         (m.fixes or m.events)[0].received_at, m.device_id))
                 m.fixes, m.events = [], []
 
-    async def _flag_outliers(self, fixes: list[Fix]) -> None:
+    async def _filter_jumps(self, messages: list[_Message]) -> None:
+        """The jump filter, device by device over the batch. Fixes are immutable: a message's
+        fixes are replaced by the filter's verdicts, judged afresh on every attempt."""
         by_device: dict[str, list[Fix]] = defaultdict(list)
-        for f in fixes:
-            by_device[f.device_id].append(f)
+        for m in messages:
+            for f in m.fixes:
+                by_device[f.device_id].append(f)
+        if not by_device:
+            return
         try:
-            last = await self.state.last_good(list(by_device))
+            known = await self.state.jump_states(list(by_device))
         except (StateError, OSError) as e:
             logs.still_running()
             metrics.state_errors.inc()
             log.warning("live state unavailable; judging jumps within the batch", error=str(e))
-            last = {}
+            known = {}
+        moved: dict = {}
+        changed: dict[tuple[str, datetime], Fix] = {}
         for device_id, own in by_device.items():
             own.sort(key=lambda f: f.fix_time)
-            flag_outliers(last.get(device_id), own, self.filters)
-        metrics.fixes_outlier.inc(sum(f.outlier for f in fixes))
+            before = known.get(device_id) or JumpState()
+            after, verdicts = judge_jumps(before, own, self.filters)
+            changed.update({(f.device_id, f.fix_time): v
+                            for f, v in zip(own, verdicts, strict=True) if v is not f})
+            if after.candidates != before.candidates:
+                moved[device_id] = after.candidates
+        if changed:
+            for m in messages:
+                m.fixes = [changed.get((f.device_id, f.fix_time), f) for f in m.fixes]
+        metrics.fixes_outlier.inc(sum(f.outlier for m in messages for f in m.fixes))
+        if moved:  # rare: only while a device's fixes disagree with its reference
+            try:
+                await self.state.save_candidates(moved)
+            except (StateError, OSError) as e:
+                logs.still_running()
+                metrics.state_errors.inc()
+                log.warning("jump candidates not saved", error=str(e))
 
     async def _retry(self, what: str, op):
-        backoff = 0.1
-        while True:
-            try:
-                return await op()
-            except (*TransientError, StateError, StateConflict, OSError) as e:
-                # Without the database nothing can be stored; without the shared rule state
-                # nothing can be judged. Either way the batch is held, never dropped or
-                # stored unjudged, and the broker keeps what follows.
-                logs.still_running()
-                metrics.store_errors.inc()
-                log.warning("dependency unavailable; holding the batch", op=what,
-                            error=str(e), retry_s=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        # Without the database nothing can be stored; without the shared rule state nothing
+        # can be judged. Either way the batch is held, never dropped or stored unjudged, and
+        # the broker keeps what follows.
+        return await retrying(op, (*TransientError, StateError, StateConflict, OSError), log,
+                              f"{what} (batch held)",
+                              on_retry=lambda _e: metrics.store_errors.inc())
 
     # --- timers -------------------------------------------------------------------------------
 
     async def registry_refresh(self) -> None:
         """Pick up device deletions and kind changes; new devices are found on first use."""
-        while True:
-            await asyncio.sleep(self.settings.registry_refresh_s)
-            try:
-                self.registry = await self.store.all_registered()
-            except TransientError as e:
-                logs.still_running()
-                log.warning("device registry refresh failed", error=str(e))
+        async def refresh() -> None:
+            self.registry = await self.store.all_registered()
+
+        await asyncio.sleep(self.settings.registry_refresh_s)
+        await every(self.settings.registry_refresh_s, refresh, TransientError, log,
+                    "device registry refresh")
 
     async def retention(self) -> None:
         keep = timedelta(days=self.settings.retention_days)
-        while True:
-            try:
-                dropped = await self.store.drop_old_fixes(keep)
-                if dropped:
-                    log.info("dropped old fix chunks", chunks=dropped)
-            except TransientError as e:
-                logs.still_running()
-                log.warning("retention run failed", error=str(e))
-            await asyncio.sleep(3600)
+
+        async def drop() -> None:
+            if dropped := await self.store.drop_old_fixes(keep):
+                log.info("dropped old fix chunks", chunks=dropped)
+
+        await every(3600, drop, TransientError, log, "retention")

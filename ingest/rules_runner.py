@@ -23,11 +23,13 @@ from geofence.schedule import parse_schedule
 from geofence.timers import next_due, tick
 from geofence.types import DeviceEvent, DeviceKind, Fix, Subject, VictimLink
 from geofence.zones import Zone, ZoneIndex
-from ingest import logs
-from ingest.settings import Settings
+from ingest import metrics
+from ingest.settings import IngestSettings
 from ingest.state import StateError, SubjectStates
 from ingest.store import IngestStore, TransientError
 from ingest.store.world import WorldRows
+from tether import logs
+from tether.retry import Backoff
 
 log = logs.get("ingest.rules")
 _encode = msgspec.json.Encoder().encode
@@ -37,21 +39,27 @@ TICK_BATCH = 500
 TICK_LEASE_S = 30.0
 
 
+def load_state(subject_id: int, raw: bytes | None) -> SubjectState:
+    """A subject's rule state from Redis. A value that does not decode (corrupt, written by an
+    older version, or hostile) is logged, counted and replaced by a fresh state: the subject is
+    judged from scratch (open alerts stay open in the database) rather than never again."""
+    if not raw:
+        return SubjectState()
+    try:
+        return _decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, ValueError) as e:
+        metrics.rule_state_rebuilt.inc()
+        log.warning("rule state unreadable; rebuilt", subject_id=subject_id, error=str(e)[:200])
+        return SubjectState()
+
+
 class StateConflict(RuntimeError):
     """A subject's state kept changing under us; the batch is retried as a whole."""
 
 
-def rule_settings(s: Settings) -> RuleSettings:
-    return RuleSettings(
-        min_accuracy_m=s.min_accuracy_m, unknown_accuracy_m=s.unknown_accuracy_m,
-        probable_dwell_s=s.probable_dwell_s, max_gap_s=s.max_gap_s, clear_fixes=s.clear_fixes,
-        clear_s=s.clear_s, fresh_s=s.fresh_s, separation_m=s.separation_m,
-        separation_dwell_s=s.separation_dwell_s, battery_low_pct=s.battery_low_pct,
-        battery_clear_pct=s.battery_clear_pct, spoof_window_s=s.spoof_window_s,
-        late_after_s=s.late_after_s,
-        offline_after_s={DeviceKind.WEARABLE: s.offline_wearable_s,
-                         DeviceKind.PHONE: s.offline_phone_s,
-                         DeviceKind.VICTIM: s.offline_victim_s})
+def rule_settings(s: IngestSettings) -> RuleSettings:
+    """The rules' own section of the settings (the fields RuleSettings declares)."""
+    return RuleSettings(**s.model_dump(include=set(RuleSettings.model_fields)))
 
 
 def build_world(rows: WorldRows,
@@ -80,7 +88,7 @@ def build_world(rows: WorldRows,
 
 
 class Rules:
-    def __init__(self, settings: Settings, store: IngestStore, states: SubjectStates) -> None:
+    def __init__(self, settings: IngestSettings, store: IngestStore, states: SubjectStates) -> None:
         self.settings = settings
         self.rs = rule_settings(settings)
         self.store = store
@@ -99,20 +107,21 @@ class Rules:
 
     async def watch(self) -> None:
         """Reload on every change notification; reconnect and reload if the channel drops."""
-        backoff = 0.5
+        backoff = Backoff(0.5, 10.0)
         while True:
+            logs.still_running()  # a cancellation a library swallowed ends the loop here
             try:
                 changes = self.store.world_changes()
                 async for _ in changes:
                     # Coalesce a burst of changes (an import of many zones) into one reload.
                     await asyncio.sleep(0.1)
                     await self.reload()
-                    backoff = 0.5
+                    logs.still_running()
+                    backoff.reset()
             except (*TransientError, StateError, OSError) as e:
                 logs.still_running()
                 log.warning("world reload failed; retrying", error=str(e))
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+            await backoff.wait()
 
     def _group(self, fixes: Sequence[Fix], events: Sequence[DeviceEvent]) -> tuple[dict, dict]:
         by_fix: dict[int, list[Fix]] = defaultdict(list)
@@ -135,7 +144,7 @@ class Rules:
         world = self.world
         near_lists = world.zones.near(np.array([f.lon for f in fixes]),
                                       np.array([f.lat for f in fixes]))
-        near = {id(f): z for f, z in zip(fixes, near_lists, strict=True)}
+        near = {f: z for f, z in zip(fixes, near_lists, strict=True)}
         by_fix, by_event = self._group(fixes, events)
         pending = {sid for sid in (*by_fix, *by_event) if sid in world.subjects}
         now = datetime.now(UTC)
@@ -144,7 +153,7 @@ class Rules:
             loaded = await self.states.load(sorted(pending))
             updates, results = [], {}
             for sid, (version, raw) in loaded.items():
-                st = _decode(raw) if raw else SubjectState()
+                st = load_state(sid, raw)
                 subject = world.subjects[sid]
                 results[sid] = evaluate(st, subject, world, self.rs, by_fix.get(sid, ()),
                                         by_event.get(sid, ()), near)
@@ -161,6 +170,7 @@ class Rules:
         """Time-driven checks for subjects that are due (schedule boundaries, silence)."""
         await self.loaded.wait()
         while True:
+            logs.still_running()  # a cancellation a library swallowed ends the loop here
             try:
                 while await self.tick_once(datetime.now(UTC)) == TICK_BATCH:
                     pass  # more are due: keep going without sleeping
@@ -178,7 +188,7 @@ class Rules:
         loaded = await self.states.load(ids)
         updates, results = [], {}
         for sid, (version, raw) in loaded.items():
-            st = _decode(raw) if raw else SubjectState()
+            st = load_state(sid, raw)
             subject = world.subjects[sid]
             results[sid] = tick(st, subject, world, self.rs, now)
             due = next_due(st, subject, world, self.rs, now).timestamp()

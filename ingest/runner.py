@@ -8,13 +8,16 @@ from contextlib import asynccontextmanager
 from ingest.mqtt import Broker, MqttSource
 from ingest.pipeline import Ingest, subscriptions
 from ingest.rules_runner import Rules
-from ingest.settings import Settings
+from ingest.settings import IngestSettings
 from ingest.state import DeviceState, SubjectStates
 from ingest.store import IngestStore
+from tether.supervise import Health
 
 
 @asynccontextmanager
-async def ingest_worker(settings: Settings) -> AsyncIterator[Ingest]:
+async def ingest_worker(settings: IngestSettings, health: Health | None = None
+                        ) -> AsyncIterator[Ingest]:
+    """`health`: the process's, so that /healthz names a failing ingest part."""
     store = IngestStore(settings.database_url, severity=settings.severity)
     state = DeviceState(settings.redis_url, settings.redis_prefix)
     rules = Rules(settings, store, SubjectStates(state))
@@ -22,7 +25,7 @@ async def ingest_worker(settings: Settings) -> AsyncIterator[Ingest]:
                         subscriptions(settings))
     await store.open()
     try:
-        yield Ingest(settings, source, store, state, rules)
+        yield Ingest(settings, source, store, state, rules, health)
     finally:
         await state.close()
         await store.close()

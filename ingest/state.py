@@ -6,14 +6,16 @@ conditional on time, so a late upload never overwrites a newer position.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from geofence.types import DeviceEvent, Fix
-from ingest.filters import LastGood
+from ingest.filters import JumpState, LastGood
 
 StateError = RedisError
 
@@ -64,6 +66,27 @@ _EVENT_FIELDS = {"online": ("status", "online"), "offline": ("status", "offline"
                  "charger_on": ("charger", "on"), "charger_off": ("charger", "off")}
 
 
+def _finite(v: object) -> float:
+    x = float(v)  # type: ignore[arg-type]
+    if not math.isfinite(x):
+        raise ValueError("not finite")
+    return x
+
+
+def _last_good(ts: bytes, lat: bytes, lon: bytes, acc: bytes | None) -> LastGood:
+    return LastGood(datetime.fromtimestamp(_finite(ts), UTC), _finite(lat), _finite(lon),
+                    _finite(acc) if acc else None)
+
+
+def _candidates(raw: bytes) -> list[LastGood]:
+    try:
+        items = json.loads(raw)
+        return [LastGood(datetime.fromtimestamp(_finite(t), UTC), _finite(la), _finite(lo),
+                         None if a is None else _finite(a)) for t, la, lo, a in items[:16]]
+    except (ValueError, TypeError, OverflowError, OSError, RecursionError):
+        return []
+
+
 def _num(v: float | None) -> str:
     return "" if v is None else repr(v)
 
@@ -90,14 +113,37 @@ class DeviceState:
         await self.client.aclose()
 
     async def last_good(self, device_ids: Sequence[str]) -> dict[str, LastGood]:
+        return {d: j.last for d, j in (await self.jump_states(device_ids)).items() if j.last}
+
+    async def jump_states(self, device_ids: Sequence[str]) -> dict[str, JumpState]:
+        """The jump filter's memory per device: last good fix and waiting candidates. A value
+        that does not decode (hostile or corrupt) is treated as absent, never raised."""
         rows = await self.hmget_many([self.key(d) for d in device_ids],
-                                     ("good_ts", "good_lat", "good_lon", "good_acc"))
+                                     ("good_ts", "good_lat", "good_lon", "good_acc", "cand"))
         out = {}
-        for d, (ts, lat, lon, acc) in zip(device_ids, rows, strict=True):
-            if ts is not None:
-                out[d] = LastGood(datetime.fromtimestamp(float(ts), UTC), float(lat), float(lon),
-                                  float(acc) if acc else None)
+        for d, (ts, lat, lon, acc, cand) in zip(device_ids, rows, strict=True):
+            try:
+                last = None if ts is None else _last_good(ts, lat, lon, acc)
+            except (ValueError, TypeError, OverflowError, OSError):
+                last = None
+            cands = _candidates(cand) if cand else []
+            if last is not None or cands:
+                out[d] = JumpState(last, cands)
         return out
+
+    async def save_candidates(self, cands: Mapping[str, list[LastGood]]) -> None:
+        """Store the jump candidates of the devices whose candidates changed (one round trip;
+        none at all in the usual case, where no device has any)."""
+        if not cands:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for d, cs in cands.items():
+                if cs:
+                    pipe.hset(self.key(d), "cand", json.dumps(
+                        [[c.fix_time.timestamp(), c.lat, c.lon, c.accuracy_m] for c in cs]))
+                else:
+                    pipe.hdel(self.key(d), "cand")
+            await pipe.execute()
 
     async def record(self, fixes: Iterable[Fix], events: Iterable[DeviceEvent]) -> None:
         # Only the newest fix and the newest good fix of each device matter to the live state.
@@ -110,7 +156,7 @@ class DeviceState:
                 if cur is None or f.fix_time > cur.fix_time:
                     newest[k] = f
         keys, args = [], []
-        for f in {id(f): f for f in newest.values()}.values():
+        for f in set(newest.values()):  # by identity: one fix may be newest both ways
             keys.append(self.key(f.device_id))
             args += [repr(f.fix_time.timestamp()), repr(f.lat), repr(f.lon), _num(f.accuracy_m),
                      "" if f.battery_pct is None else str(f.battery_pct),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from ingest.mqtt import Broker, MqttPublisher
+from simulators.mqtt import Publisher
 
 
 @dataclass(slots=True)
@@ -50,13 +50,13 @@ def make_fleet(prefix: str, count: int, center: tuple[float, float], spread_m: f
     return out
 
 
-async def run_fleet(broker: Broker, root: str, devices: list[SimDevice], interval_s: float,
+async def run_fleet(mqtt_url: str, root: str, devices: list[SimDevice], interval_s: float,
                     duration_s: float | None = None, seed: int = 1) -> int:
     """Publish one fix per device per interval, spread evenly over the interval."""
     rng = random.Random(seed)
     sent = 0
     deadline = None if duration_s is None else time.monotonic() + duration_s
-    async with MqttPublisher(broker) as pub:
+    async with Publisher(mqtt_url) as pub:
         while deadline is None or time.monotonic() < deadline:
             started = time.monotonic()
             for i, d in enumerate(devices):

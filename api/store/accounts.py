@@ -35,14 +35,23 @@ async def principal(cur: AsyncCursor, user_id: int) -> Principal | None:
 
 
 async def recent_failures(cur: AsyncCursor, username: str, client: str,
-                          window: timedelta) -> tuple[int, int]:
+                          window: timedelta) -> dict:
+    """Failures from this client within the window: for this user name (`pair`) and for any
+    (`by_client`), with the seconds since the latest of each (None: no failure)."""
     await cur.execute(
-        "SELECT count(*) FILTER (WHERE username = %(u)s) AS by_user,"
-        " count(*) FILTER (WHERE client = %(c)s) AS by_client FROM login_failures"
-        " WHERE at > now() - %(w)s AND (username = %(u)s OR client = %(c)s)",
+        "SELECT count(*) FILTER (WHERE username = %(u)s) AS pair, count(*) AS by_client,"
+        " extract(epoch FROM now() - max(at) FILTER (WHERE username = %(u)s))::float8"
+        "   AS pair_age_s,"
+        " extract(epoch FROM now() - max(at))::float8 AS client_age_s"
+        " FROM login_failures WHERE client = %(c)s AND at > now() - %(w)s",
         {"u": username, "c": client, "w": window})
-    row = await cur.fetchone()
-    return row["by_user"], row["by_client"]
+    return await cur.fetchone()
+
+
+async def forget_failures(cur: AsyncCursor, username: str, client: str) -> None:
+    """A right password from this client ends its throttle for this user name (only)."""
+    await cur.execute("DELETE FROM login_failures WHERE username = %s AND client = %s",
+                      (username, client))
 
 
 async def record_failure(cur: AsyncCursor, username: str, client: str) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 from psycopg import AsyncCursor
 from psycopg.types.json import Jsonb
 
+from alerts.lifecycle import Action, Transition
+from alerts.store import apply_user_action
 from api.store import IN_SCOPE, Principal, audit
 
 SUBJECT_COLS = ("s.id, s.name, s.jurisdiction_id, s.officer_id,"
@@ -105,12 +107,11 @@ async def alert_for_update(cur: AsyncCursor, who: Principal, alert_id: int) -> d
     return await cur.fetchone()
 
 
-async def alert_action(cur: AsyncCursor, who: Principal, before: dict, status: str,
-                       action: str, note: str | None) -> None:
-    await cur.execute("UPDATE alerts SET status = %s, updated_at = now() WHERE id = %s",
-                      (status, before["id"]))
-    await cur.execute("INSERT INTO alert_history (alert_id, user_id, action, note)"
-                      " VALUES (%s, %s, %s, %s)", (before["id"], who.id, action, note))
-    await cur.execute("SELECT tether_notify(%s, %s)", (before["id"], action))
-    await audit(cur, who, action, "alert", before["id"], {"status": before["status"]},
-                {"status": status, "note": note})
+async def alert_action(cur: AsyncCursor, who: Principal, before: dict, action: Action,
+                       note: str | None) -> Transition:
+    """An officer's action, as `alerts.lifecycle` says (IllegalTransition: 409), with its
+    audit row; `before` is the row `alert_for_update` locked."""
+    t = await apply_user_action(cur, before, action, who.id, note)
+    await audit(cur, who, t.history, "alert", before["id"], {"status": before["status"]},
+                {"status": t.state.status.value, "note": note})
+    return t

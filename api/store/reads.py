@@ -52,11 +52,10 @@ async def alerts(cur: AsyncCursor, who: Principal, *, alert_id: int | None = Non
                  subject_id: int | None = None, status: str | None = None,
                  type_: str | None = None, since: datetime | None = None,
                  limit: int = 500) -> list[dict]:
+    """Alerts as `alert_json` shows them (migration 005): the one shape REST, the websockets
+    and the notifications share."""
     await cur.execute(
-        "SELECT a.*, coalesce((SELECT json_agg(json_build_object('at', h.at, 'action',"
-        " h.action, 'user_id', h.user_id, 'note', h.note, 'data', h.data) ORDER BY h.id)"
-        " FROM alert_history h WHERE h.alert_id = a.id), '[]') AS history"
-        " FROM alerts a JOIN subjects s ON s.id = a.subject_id"
+        "SELECT alert_json(a) AS alert FROM alerts a JOIN subjects s ON s.id = a.subject_id"
         f" JOIN jurisdictions j ON j.id = s.jurisdiction_id WHERE {IN_SCOPE}"
         " AND (%(aid)s::bigint IS NULL OR a.id = %(aid)s)"
         " AND (%(sid)s::bigint IS NULL OR a.subject_id = %(sid)s)"
@@ -66,7 +65,7 @@ async def alerts(cur: AsyncCursor, who: Principal, *, alert_id: int | None = Non
         " ORDER BY a.opened_at DESC, a.id DESC LIMIT %(limit)s",
         {"scope": who.scope, "aid": alert_id, "sid": subject_id, "st": status, "ty": type_,
          "since": since, "limit": limit})
-    return await cur.fetchall()
+    return [r["alert"] for r in await cur.fetchall()]
 
 
 async def track(cur: AsyncCursor, subject_id: int, start: datetime, end: datetime,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 import psycopg
 import psycopg.sql
@@ -13,10 +14,17 @@ from geofence.types import Fix
 from ingest.store.writes import _COLS, _FIX_TYPES, _fix_row
 
 
-def migration_files(directory: Path) -> list[tuple[int, str, Path]]:
+def shipped_migrations() -> Traversable:
+    """The package's own migrations. Through importlib.resources rather than a path beside the
+    source, so an installed (non-editable) wheel finds the same files as a checkout."""
+    return files("migrations")
+
+
+def migration_files(directory: Traversable) -> list[tuple[int, str, Traversable]]:
     out = []
-    for p in sorted(directory.glob("*.sql")):
-        number, _, name = p.stem.partition("_")
+    for p in sorted((p for p in directory.iterdir() if p.name.endswith(".sql") and p.is_file()),
+                    key=lambda p: p.name):
+        number, _, name = p.name.removesuffix(".sql").partition("_")
         if not number.isdigit():
             raise ValueError(f"migration {p.name} must start with its number, e.g. 001_name.sql")
         out.append((int(number), name, p))
@@ -26,9 +34,14 @@ def migration_files(directory: Path) -> list[tuple[int, str, Path]]:
     return out
 
 
-def migrate(database_url: str, directory: Path) -> list[str]:
+def migrate(database_url: str, directory: Traversable | None = None) -> list[str]:
     """Apply each not-yet-applied migration once, in order, each in its own transaction.
-    Forward only: an applied file that has since changed is an error, not a re-run."""
+    Forward only: an applied file that has since changed is an error, not a re-run.
+    `directory` None: the migrations shipped with the package."""
+    directory = shipped_migrations() if directory is None else directory
+    if not migration_files(directory):
+        # An install that lost its .sql files would otherwise report "up to date" forever.
+        raise FileNotFoundError(f"no NNN_name.sql migrations in {directory}")
     applied_now = []
     with psycopg.connect(database_url, autocommit=True) as conn:
         # Two processes migrating at once would race on the same files.
@@ -38,7 +51,7 @@ def migrate(database_url: str, directory: Path) -> list[str]:
                      " applied_at timestamptz NOT NULL DEFAULT now())")
         done = dict(conn.execute("SELECT version, sha256 FROM schema_migrations").fetchall())
         for number, name, path in migration_files(directory):
-            sql = path.read_text()
+            sql = path.read_text(encoding="utf-8")
             digest = hashlib.sha256(sql.encode()).hexdigest()
             if number in done:
                 if done[number] != digest:

@@ -14,9 +14,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from alerts.store import record_rule_events
 from geofence.rules import RuleEvent
 from geofence.types import DeviceEvent, Fix, Reject
-from ingest.store.world import WorldRows, load_world, notifications, record_rule_events
+from ingest.store.world import WorldRows, load_world, notifications
 
 # Errors worth waiting out (the database is down, restarting or overloaded), as opposed to bugs.
 TransientError = (psycopg.OperationalError, psycopg.errors.AdminShutdown, TimeoutError)

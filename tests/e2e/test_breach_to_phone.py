@@ -4,8 +4,8 @@ ingest worker, rules, database, API server with its websocket hub."""
 
 from __future__ import annotations
 
-from api.bench_alerts import measure
-from ingest.settings import Settings
+from tether.bench.alerts import measure
+from tether.config import Settings
 
 
 async def test_breach_reaches_the_case_officer_and_no_one_else(base_settings: Settings) -> None:

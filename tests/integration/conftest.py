@@ -17,8 +17,8 @@ import redis
 from ingest.mqtt import Broker, MqttPublisher
 from ingest.pipeline import Ingest
 from ingest.runner import ingest_worker
-from ingest.settings import Settings
 from ingest.store import migrate
+from tether.config import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ def base_settings(run_id: str) -> Iterator[Settings]:
     with psycopg.connect(admin_url, autocommit=True) as c:
         c.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(db)))
     url = _with_db(base.database_url, db)
-    migrate(url, base.migrations_dir)
+    migrate(url, base.migrations_dir)  # None: the migrations shipped with the package
     settings = base.model_copy(update={
         "database_url": url,
         "mqtt_root": f"test-{run_id}/tether/v1",
@@ -59,6 +59,20 @@ def base_settings(run_id: str) -> Iterator[Settings]:
     with psycopg.connect(admin_url, autocommit=True) as c:
         c.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             psycopg.sql.Identifier(db)))
+
+
+@pytest.fixture
+def scratch_db(base_settings: Settings) -> Iterator[str]:
+    """An empty database of its own (no migrations), dropped afterwards."""
+    name = f"tether_scratch_{uuid.uuid4().hex[:8]}"
+    admin = os.environ.get("TETHER_TEST_ADMIN_URL", _with_db(base_settings.database_url,
+                                                             "postgres"))
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    yield _with_db(base_settings.database_url, name)
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            psycopg.sql.Identifier(name)))
 
 
 @pytest.fixture
@@ -102,9 +116,39 @@ async def running(settings: Settings) -> AsyncIterator[Ingest]:
             await asyncio.wait_for(worker.source.connected.wait(), 10)
             yield worker
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _stop(task)
+
+
+WORKER_STOP_S = 10.0
+
+
+async def _stop(task: asyncio.Task) -> None:
+    """Cancel the worker; one that ignores it fails the test here instead of hanging it.
+
+    Python 3.11's asyncio.wait_for (in redis-py, aiomqtt, psycopg_pool) can swallow a
+    cancellation that arrives with its result; a part that then carries on keeps the worker's
+    TaskGroup, and so the test, waiting forever. The worker is then cancelled until it ends, so
+    the rest of the run goes on, and the test fails with what the worker was doing.
+    """
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=WORKER_STOP_S)
+    if done:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return
+    # The TaskGroup cancels its parts only once, so the stuck part is cancelled directly (by
+    # its name: whatever else shares it is being stopped too, as the test fails anyway).
+    parts = [t for t in asyncio.all_tasks()
+             if not t.done() and t.get_name().startswith(("ingest-", "rules-"))]
+    stuck = [f"{t.get_name()} at {t.get_stack()}" for t in parts]
+    while not task.done():
+        for t in (task, *parts):
+            t.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise AssertionError(f"the ingest worker ignored its cancellation for {WORKER_STOP_S} s; "
+                         f"still running: {stuck}")
 
 
 @pytest.fixture

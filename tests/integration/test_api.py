@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from api.app import create_app
-from ingest.settings import Settings
 from tests.integration.api_world import PASSWORD, SEES, ApiWorld, T, seed
 from tests.integration.conftest import count
+from tether.config import Settings
 
 PLACES = ("city", "countyA", "countyB")
 USERS = tuple(SEES)
@@ -212,7 +212,7 @@ async def test_tokens_and_login_limits(world: ApiWorld, base_settings: Settings)
         r = await w.client.post("/api/auth/token", data={"username": user, "password": "nope"})
         assert r.status_code == 401
     r = await w.client.post("/api/auth/token", data={"username": user, "password": PASSWORD})
-    assert r.status_code == 429  # even the right password, until the window passes
+    assert r.status_code == 429  # even the right password, from this client, for a while
     assert (await w.client.post("/api/auth/token", data={
         "username": "nobody-at-all", "password": "x"})).status_code == 401
 

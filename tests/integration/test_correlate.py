@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from api.bench_correlate import run
-from ingest.settings import Settings
+from tether.bench.correlate import run
+from tether.config import Settings
 
 
 async def test_planted_subjects_and_only_they_are_found(base_settings: Settings) -> None:

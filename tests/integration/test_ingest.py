@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import random
 import time
 import uuid
 
 import psycopg
+import pytest
 import redis
 
-from ingest.settings import Settings
 from tests.integration.conftest import count, eventually, publish_all, running
+from tether.config import Settings
 
 T0 = time.time() - 3600  # an hour ago: well inside the accepted window
 
@@ -134,8 +137,41 @@ async def test_device_events_and_status_are_stored(settings: Settings, db, regis
         ])
         await eventually(lambda: count(db, "SELECT count(*) FROM device_events WHERE "
                                            "device_id = %s", d) == 3, what="3 events")
+        # The live state is written after the commit, so the rows can be visible before it:
+        # wait for it here, with the worker still running, not after stopping it (which used
+        # to cancel the worker in the middle of that Redis write).
+        live = redis.Redis.from_url(settings.redis_url)
+        key = f"{settings.redis_prefix}dev:{d}"
+        await eventually(lambda: live.hmget(key, "strap", "status") == [b"open", b"offline"],
+                         what=lambda: f"live state strap=open status=offline, not "
+                                      f"{live.hgetall(key)}")
     data = db.execute("SELECT data FROM device_events WHERE device_id = %s AND type = 'sos'",
                       (d,)).fetchone()[0]
     assert data == {"note": "x"}
-    state = redis.Redis.from_url(settings.redis_url).hgetall(f"{settings.redis_prefix}dev:{d}")
-    assert state[b"strap"] == b"open" and state[b"status"] == b"offline"
+
+
+@pytest.mark.timeout(60)
+async def test_a_worker_stops_even_if_a_library_loses_its_cancellation(
+        settings: Settings, db, register, publisher) -> None:
+    """Python 3.11's asyncio.wait_for returns the result instead of raising when a cancellation
+    and that result arrive together (fixed in 3.12). redis-py's socket writes, aiomqtt and
+    psycopg_pool use it, so a worker stopped in the middle of its live-state write could lose
+    the cancellation and wait for its next batch forever: the hang of
+    test_device_events_and_status_are_stored. Here the live-state write loses it on purpose."""
+    (d,) = register(uid("cancel"))
+    entered = asyncio.Event()
+    async with running(settings) as worker:
+        real = worker.state.record
+
+        async def record(*args: object) -> None:
+            entered.set()
+            # Swallowed: what 3.11's wait_for does when the write completes at the same moment.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(30)
+            await real(*args)
+
+        worker.state.record = record
+        await publish_all(publisher, [(f"{settings.mqtt_root}/devices/{d}/loc",
+                                       json.dumps(fix(0)).encode())])
+        await asyncio.wait_for(entered.wait(), 10)
+    # Leaving `running` cancels the worker; it fails there if the worker does not stop.

@@ -16,9 +16,9 @@ import pytest
 
 from alerts.deliver import Deliverer, DeliverySettings
 from alerts.store import OutboxStore
-from ingest.settings import Settings
 from tests.integration.conftest import count, eventually
 from tests.integration.receivers import Hook, free_port, http_receiver, smtp_receiver
+from tether.config import Settings
 
 
 def people(db: psycopg.Connection, hook_url: str | None, fmt: str = "json",

@@ -11,9 +11,9 @@ import time
 import uuid
 from urllib.parse import urlsplit
 
-from ingest.settings import Settings
 from tests.integration.conftest import count, eventually, publish_all, running
 from tests.integration.proxy import CuttableProxy
+from tether.config import Settings
 
 T0 = time.time() - 1800
 
@@ -128,7 +128,7 @@ async def test_sigkilled_worker_loses_no_received_fix(settings: Settings, db, re
 
     async def start() -> asyncio.subprocess.Process:
         p = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "api.cli", "ingest", env=env,
+            sys.executable, "-m", "tether.cli", "ingest", env=env,
             stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL)
         async with asyncio.timeout(20):
             while b"mqtt connected" not in await p.stderr.readline():

@@ -11,8 +11,8 @@ from contextlib import AsyncExitStack
 
 import psycopg
 
-from ingest.settings import Settings
 from tests.integration.conftest import count, eventually, publish_all, running
+from tether.config import Settings
 
 BASE = (31.2304, 121.4737)
 

@@ -9,21 +9,27 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ingest.settings import Settings
 from ingest.store import IngestStore, migrate
-from tests.integration.conftest import _with_db, count
+from ingest.store.admin import migration_files, shipped_migrations
+from tests.integration.conftest import count
+from tether.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def scratch_db(base_settings: Settings):
-    name = f"tether_scratch_{uuid.uuid4().hex[:8]}"
-    admin = _with_db(base_settings.database_url, "postgres")
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
-    yield _with_db(base_settings.database_url, name)
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
-            psycopg.sql.Identifier(name)))
+def test_the_shipped_migrations_are_the_repository_folder() -> None:
+    """The package resource and the top-level folder are one set of files (no second copy)."""
+    shipped = [(n, name, p.read_text(encoding="utf-8"))
+               for n, name, p in migration_files(shipped_migrations())]
+    on_disk = sorted(REPO.joinpath("migrations").glob("*.sql"))
+    assert [f"{n:03d}_{name}.sql" for n, name, _ in shipped] == [p.name for p in on_disk]
+    assert [sql for _, _, sql in shipped] == [p.read_text(encoding="utf-8") for p in on_disk]
+
+
+def test_a_folder_without_migrations_is_an_error(scratch_db: str, tmp_path: Path) -> None:
+    # Not "nothing (up to date)": an install that lost its .sql files must say so.
+    with pytest.raises(FileNotFoundError, match=r"no NNN_name\.sql migrations"):
+        migrate(scratch_db, tmp_path)
 
 
 def test_each_migration_applies_once_in_order(scratch_db: str, tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ class Run:
         fixes = list(fixes)
         near_lists = self.world.zones.near(np.array([f.lon for f in fixes]),
                                            np.array([f.lat for f in fixes]))
-        near = {id(f): z for f, z in zip(fixes, near_lists, strict=True)}
+        near = {f: z for f, z in zip(fixes, near_lists, strict=True)}
         out = evaluate(self.state, self.subject, self.world, self.settings, fixes, events, near)
         self.events += out
         return out

@@ -255,3 +255,13 @@ def test_min_accuracy_floor_makes_an_overconfident_phone_probable() -> None:
     run = Run([zone(1)], settings=RuleSettings(min_accuracy_m=25))
     run.track([fix(T0, offset(85, 0), acc=2)])  # claims 2 m; 15 m deep
     assert run.opened() == []
+
+
+def test_older_fix_received_promptly_takes_the_replay_path_but_is_not_late() -> None:
+    """Two workers share a device's fixes: one may judge a newer fix first. The older one,
+    received 2 s after its time, is replayed, and its alert is not `late` (contract §2)."""
+    run = Run([zone(1)])
+    run.track([fix(T0 + 5 * MIN, offset(500, 0))])
+    run.feed([fix(T0 + 4 * MIN, offset(0, 0), received=T0 + 4 * MIN + timedelta(seconds=2))])
+    (e,) = run.opened()
+    assert not e.late and e.at == T0 + 4 * MIN

@@ -27,8 +27,8 @@ from api.auth import hash_password
 from ingest import store
 from ingest.mqtt import Broker, MqttPublisher
 from ingest.runner import ingest_worker
-from ingest.settings import Settings
 from ingest.state import drop_prefix
+from tether.config import Settings
 
 CENTER = (31.2304, 121.4737)
 

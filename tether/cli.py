@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
 import sys
 
-from ingest import logs
-from ingest.settings import Settings
+from tether import logs
+from tether.config import Settings
+from tether.serve import serve
 
 log = logs.get("tether")
 
@@ -47,51 +47,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(s: Settings, with_ingest: bool, with_api: bool,
-                 fleet: tuple[list, float] | None = None) -> None:
-    import uvicorn
-
-    from api.app import create_app
-    from ingest.mqtt import Broker
-    from ingest.runner import ingest_worker
-    from simulators.fleet import run_fleet
-
-    async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
-        if with_api:
-            server = uvicorn.Server(uvicorn.Config(create_app(s), host=s.http_host,
-                                                   port=s.http_port, log_level="warning"))
-            tg.create_task(server.serve(), name="api")
-            deliverer = await stack.enter_async_context(notifications(s))
-            tg.create_task(deliverer.run(), name="alerts-delivery")
-            log.info("api listening", url=f"http://{s.http_host}:{s.http_port}")
-        if with_ingest:
-            worker = await stack.enter_async_context(ingest_worker(s))
-            tg.create_task(worker.run(), name="ingest")
-        if fleet:
-            devices, interval = fleet
-            tg.create_task(run_fleet(Broker.from_url(s.mqtt_url), s.mqtt_root, devices, interval),
-                           name="fleet")
-
-
-@contextlib.asynccontextmanager
-async def notifications(s: Settings):
-    from alerts.deliver import Deliverer, DeliverySettings
-    from alerts.store import OutboxStore
-
-    store = OutboxStore(s.database_url)
-    await store.open()
-    deliverer = Deliverer(store, DeliverySettings(
-        smtp_url=s.smtp_url, smtp_from=s.smtp_from, escalate_after_s=s.escalate_after_s,
-        give_up_after_s=s.delivery_give_up_s, retention_days=s.notification_retention_days))
-    try:
-        yield deliverer
-    finally:
-        await deliverer.close()
-        await store.close()
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    _run(_serve(_settings(args), True, True))
+    _run(serve(_settings(args), True, True))
     return 0
 
 
@@ -100,12 +57,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.metrics_port or s.metrics_port:
         from prometheus_client import start_http_server
         start_http_server(args.metrics_port or s.metrics_port, addr=s.http_host)
-    _run(_serve(s, True, False))
+    _run(serve(s, True, False))
     return 0
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    _run(_serve(_settings(args), False, True))
+    _run(serve(_settings(args), False, True))
     return 0
 
 
@@ -127,33 +84,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"  login     admin / {password} (POST /api/auth/token; TETHER_DEMO_PASSWORD)\n"
           f"  database  psql {s.database_url} -c 'select count(*) from fixes'\n"
           "Ctrl-C stops it.", flush=True)
-    _run(_serve(s, True, True, (devices, args.interval)))
+    _run(serve(s, True, True, (devices, args.interval)))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.alerts:
-        from api.bench_alerts import main as alerts_main
+        from tether.bench.alerts import main as alerts_main
         return alerts_main(_settings(args), args.breaches)
     if args.correlate:
-        from api.bench_correlate import main as correlate_main
+        from tether.bench.correlate import main as correlate_main
         return correlate_main(_settings(args), args.fixes if args.fixes != 60_000 else 1_000_000)
     if args.engine:
-        from simulators.bench_engine import main as engine_main
+        from geofence.bench import main as engine_main
         return engine_main(args.subjects, args.zones)
-    from simulators.bench import main as bench_main
+    from tether.bench.ingest import main as bench_main
     s = _settings(args)
     return bench_main(s, args)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from ingest.mqtt import Broker
     from simulators.fleet import make_fleet, run_fleet
 
     s = _settings(args)
     devices = make_fleet(args.prefix, args.devices, (31.2304, 121.4737), 5000,
                          random.Random(args.seed))
-    _run(run_fleet(Broker.from_url(s.mqtt_url), s.mqtt_root, devices, args.interval,
+    _run(run_fleet(s.mqtt_url, s.mqtt_root, devices, args.interval,
                    args.duration, args.seed))
     return 0
 

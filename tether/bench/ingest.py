@@ -24,8 +24,8 @@ from geofence.types import Fix
 from ingest import store
 from ingest.mqtt import Broker, MqttPublisher, PlainSubscriber
 from ingest.runner import ingest_worker
-from ingest.settings import Settings
 from ingest.state import drop_prefix
+from tether.config import Settings
 
 ROUND = 3
 

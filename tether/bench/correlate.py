@@ -24,7 +24,7 @@ from api.auth import hash_password
 from api.store.demo import add_user
 from geofence.types import Fix
 from ingest import store
-from ingest.settings import Settings
+from tether.config import Settings
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 SCENE = (31.2304, 121.4737)

@@ -75,7 +75,7 @@ def run(n_subjects: int = 10_000, n_zones: int = 5_000, rounds: int = 3,
             chunk = fixes[i:i + batch]
             near_lists = world.zones.near(np.array([f.lon for f in chunk]),
                                           np.array([f.lat for f in chunk]))
-            near = {id(f): z for f, z in zip(chunk, near_lists, strict=True)}
+            near = {f: z for f, z in zip(chunk, near_lists, strict=True)}
             for f in chunk:
                 sid = owner[f.device_id]
                 st = dec.decode(states[sid])

@@ -1,0 +1,95 @@
+"""Positions for the live map (contract §3 `/ws/live`): one Redis PUBLISH per committed batch.
+
+Ingest calls `LivePublisher.publish` once per committed batch with its fixes; every API process
+subscribes to the channel (`api/live.py`) and fans the positions out to its own screens, so
+several API processes serve any screen and nothing on this path queries the database per fix.
+
+Pub/sub, not a stream: a screen that was away gets a fresh snapshot when it reconnects, so a
+position published while no API process listened needs no replay. The message is JSON
+`{"v": 1, "items": [[subject_id, device_id, lat, lon, ts_epoch_s, acc_or_null], ...]}`: arrays,
+not objects, because a 2,000-fix batch is then about half the bytes to publish and to parse.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+
+from geofence.types import Fix
+from tether import logs
+
+log = logs.get("ingest.live")
+CHANNEL = "live:positions"  # under the deployment's redis_prefix
+published = Counter("tether_live_positions_published_total", "positions published to screens")
+publish_failures = Counter("tether_live_publish_failures_total",
+                           "batches whose live positions could not be published")
+
+
+def channel(prefix: str) -> str:
+    return f"{prefix}{CHANNEL}"
+
+
+@dataclass(frozen=True, slots=True)
+class LivePosition:
+    subject_id: int
+    device_id: str
+    lat: float
+    lon: float
+    fix_time: float  # Unix epoch seconds
+    accuracy_m: float | None
+
+
+def positions(fixes: Iterable[Fix], subject_of: Mapping[str, object]) -> list[LivePosition]:
+    """The batch's fixes as live positions: outliers and victims' devices left out (a victim's
+    position is never drawn on the offenders' map), devices with no subject skipped. Pure.
+
+    `subject_of` maps a device id to anything with `subject_id` and `kind` attributes (the
+    ingest registry's `Registered`)."""
+    out = []
+    for f in fixes:
+        reg = subject_of.get(f.device_id)
+        if f.outlier or reg is None or getattr(reg, "kind", None) == "victim":
+            continue
+        sid = getattr(reg, "subject_id", None)
+        if sid is None:
+            continue
+        out.append(LivePosition(sid, f.device_id, f.lat, f.lon, f.fix_time.timestamp(),
+                                f.accuracy_m))
+    return out
+
+
+def encode(items: Iterable[LivePosition]) -> bytes:
+    return json.dumps({"v": 1, "items": [
+        [p.subject_id, p.device_id, round(p.lat, 7), round(p.lon, 7), p.fix_time,
+         p.accuracy_m] for p in items]}, separators=(",", ":")).encode()
+
+
+class LivePublisher:
+    """Owned by the ingest worker; `publish` never raises: the fixes are already committed, and
+    a screen missing a position catches up with the subject's next one."""
+
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.channel = channel(prefix)
+
+    async def publish(self, items: list[LivePosition]) -> int:
+        """One PUBLISH for the whole batch; returns how many API processes received it."""
+        if not items:
+            return 0
+        try:
+            receivers = await self.redis.publish(self.channel, encode(items))
+        except (RedisError, OSError) as e:
+            logs.still_running()
+            publish_failures.inc()
+            log.warning("live positions not published", error=str(e), positions=len(items))
+            return 0
+        published.inc(len(items))
+        return int(receivers)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()

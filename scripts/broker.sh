@@ -1,0 +1,89 @@
+# Part of scripts/setup.sh (sourced): Mosquitto with Tether's configuration, and `stop`.
+# Processes are found by pid (the port's owner, or a pid file this setup wrote), never by name:
+# a `pkill -x mosquitto` once killed the broker of the machine hosting a test root.
+
+wait_port() {  # wait_port PORT WHAT: up to 10 s
+  local _
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "$2 is not listening on 127.0.0.1:$1"; return 1
+}
+
+port_owner() {  # the pid listening on a local TCP port, if any (ss from iproute2)
+  # `|| true`: no listener is an answer, not an error (grep finds nothing; pipefail and set -e
+  # would otherwise end the setup without a word).
+  { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2; } || true
+}
+
+stop_pid() {  # stop_pid PID: TERM, then wait up to 10 s
+  local pid=$1 _
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  log "process $pid did not stop within 10 s"; return 1
+}
+
+start_broker() {
+  local mconf=/etc/mosquitto/tether.conf changed=0 pid ours cmd
+  mkdir -p /etc/mosquitto /run/mosquitto /var/lib/mosquitto /var/log/mosquitto
+  if id mosquitto >/dev/null 2>&1; then
+    chown mosquitto: /run/mosquitto /var/lib/mosquitto /var/log/mosquitto
+  fi
+  if ! cmp -s "$repo/scripts/mosquitto.conf" "$mconf"; then
+    cp "$repo/scripts/mosquitto.conf" "$mconf"; changed=1
+  fi
+  pid=$(port_owner $MQTT_PORT)
+  ours=$(cat "$rundir/mosquitto.pid" 2>/dev/null || true)
+  if [ -n "$pid" ]; then
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
+    # Already running exactly this configuration: nothing to restart, whoever started it.
+    if [ "$changed" = 0 ] && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == mosquitto ]] \
+       && [[ " $cmd " == *" -c $mconf "* ]]; then
+      return 0
+    fi
+    if [ "$pid" != "$ours" ] && [ "${TETHER_KEEP_BROKER:-0}" = 1 ]; then
+      log "port $MQTT_PORT belongs to a broker this setup did not start (pid $pid: $cmd)."
+      log "TETHER_KEEP_BROKER=1 forbids touching it: stop it yourself, or start it with"
+      log "'mosquitto -d -c $mconf' (a copy of scripts/mosquitto.conf), then run the setup again."
+      exit 1
+    fi
+    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == mosquitto ]] || {
+      log "port $MQTT_PORT is used by pid $pid ($cmd), not by Mosquitto: stop it first"; exit 1; }
+    log "restarting the Mosquitto on port $MQTT_PORT (pid $pid) with $mconf" \
+        "(TETHER_KEEP_BROKER=1 would leave it alone and fail)"
+    if grep -q 'mosquitto\.service' "/proc/$pid/cgroup" 2>/dev/null \
+       && systemctl is-active -q mosquitto 2>/dev/null; then
+      systemctl stop mosquitto     # else systemd would fight over the port
+    else
+      stop_pid "$pid"
+    fi
+  else
+    log "starting Mosquitto with $mconf"
+  fi
+  rm -f /run/mosquitto/mosquitto.pid
+  step mosquitto-start "$logs" mosquitto -d -c "$mconf"
+  if ! wait_port $MQTT_PORT Mosquitto; then
+    tail -n 20 /var/log/mosquitto/mosquitto.log >&2 || true; exit 1
+  fi
+  # mosquitto.conf names this pid file; the copy in $rundir marks the broker as started by us.
+  cp /run/mosquitto/mosquitto.pid "$rundir/mosquitto.pid"
+}
+
+stop_started() {
+  local f pid name
+  for f in "$rundir"/redis.pid "$rundir"/mosquitto.pid; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f"); name=$(basename "$f" .pid)
+    # Guards against a recycled pid: only a process of the expected program is stopped.
+    if [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$name"* ]]; then
+      log "stopping $name (pid $pid)"; stop_pid "$pid"
+    fi
+    rm -f "$f"
+  done
+  if [ -f "$rundir/postgresql.started" ]; then
+    log "stopping PostgreSQL $PG/main"
+    pg_ctlcluster --skip-systemctl-redirect $PG main stop || true
+    rm -f "$rundir/postgresql.started"
+  fi
+}

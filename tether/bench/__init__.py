@@ -1,0 +1,1 @@
+"""Benchmarks (`tether bench`): each reports ratios to raw baselines of the same run."""

@@ -1,0 +1,58 @@
+"""One retry helper: exponential backoff for loops that wait out an unavailable dependency."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from tether import logs
+
+T = TypeVar("T")
+
+
+class Backoff:
+    """Delays of `first`, doubling up to `cap`; `reset()` after a success."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first, self.cap, self.delay = first, cap, first
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+    async def wait(self) -> float:
+        waited = self.delay
+        await asyncio.sleep(waited)
+        self.delay = min(self.delay * 2, self.cap)
+        return waited
+
+
+async def retrying(op: Callable[[], Awaitable[T]], retry_on: tuple[type[BaseException], ...],
+                   log: Any, what: str, first: float = 0.1, cap: float = 5.0,
+                   on_retry: Callable[[BaseException], None] | None = None) -> T:
+    """Run `op` until it succeeds; an error of `retry_on` is logged and retried with backoff.
+    Any other error propagates. A cancellation is never swallowed (`logs.still_running`)."""
+    backoff = Backoff(first, cap)
+    while True:
+        try:
+            return await op()
+        except retry_on as e:
+            logs.still_running()
+            if on_retry is not None:
+                on_retry(e)
+            log.warning("dependency unavailable; retrying", op=what, error=str(e),
+                        retry_s=backoff.delay)
+            await backoff.wait()
+
+
+async def every(interval_s: float, op: Callable[[], Awaitable[object]],
+                retry_on: tuple[type[BaseException], ...], log: Any, what: str) -> None:
+    """Run `op` every `interval_s` forever; a failure of `retry_on` is logged and skipped."""
+    while True:
+        logs.still_running()  # a cancellation a library swallowed ends the loop here
+        try:
+            await op()
+        except retry_on as e:
+            logs.still_running()
+            log.warning("periodic task failed; next run as usual", op=what, error=str(e))
+        await asyncio.sleep(interval_s)
