@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import timedelta
 
 import httpx
@@ -20,6 +19,7 @@ from prometheus_client import Counter, Histogram
 
 from alerts import formats
 from alerts.channels import Context, DeliveryError, Registry, registry
+from alerts.settings import AlertSettings
 from alerts.store import OutboxStore, Unavailable
 
 log = structlog.get_logger("alerts")  # configured by the command that starts the process
@@ -34,28 +34,13 @@ record_errors = Counter("tether_delivery_record_errors_total",
                         "attempts that could not be recorded (due again after the lease)")
 
 
-@dataclass(frozen=True, slots=True)
-class DeliverySettings:
-    smtp_url: str | None = None  # smtp://user:password@host:port; None: e-mail disabled
-    smtp_from: str = "tether@localhost"
-    escalate_after_s: float = 300.0
-    give_up_after_s: float = 86_400.0
-    poll_s: float = 0.2
-    timeout_s: float = 10.0  # overall deadline of one attempt: connect, send, answer
-    concurrency: int = 16  # attempts under way at once in this process
-    per_receiver: int = 4  # of which at most this many for one user (one receiver)
-    batch: int = 50
-    lease_s: float = 60.0  # raised to outlast an attempt and its recording (see `lease`)
-    retention_days: float = 90.0  # delivered and failed notifications are kept this long
-
-
 # Recording an attempt gets its own bound, so "in flight" has an end the lease can outlast.
 RECORD_TIMEOUT_S = 15.0
 LEASE_MARGIN_S = 5.0
 ERROR_TEXT_CHARS = 500
 LOOP_BACKOFF_MAX_S = 30.0
 
-__all__ = ["Deliverer", "DeliveryError", "DeliverySettings"]
+__all__ = ["Deliverer", "DeliveryError"]
 
 
 class Deliverer:
@@ -64,21 +49,19 @@ class Deliverer:
     attempt is that attempt's failure (recorded, retried with backoff), so no receiver, URL or
     payload can stop delivery or hold up another officer's notification."""
 
-    def __init__(self, store: OutboxStore, settings: DeliverySettings,
+    def __init__(self, store: OutboxStore, settings: AlertSettings,
                  channels: Registry = registry) -> None:
-        if settings.concurrency < 1 or settings.per_receiver < 1 or settings.timeout_s <= 0:
-            raise ValueError("delivery needs concurrency >= 1, per_receiver >= 1, timeout_s > 0")
         self.store, self.s, self.channels = store, settings, channels
         # A claim's lease must outlast the attempt and its recording, or a second worker (or
         # this one) could hand out a notification still in flight.
-        self.lease = timedelta(seconds=max(settings.lease_s, settings.timeout_s
+        self.lease = timedelta(seconds=max(settings.delivery_lease_s, settings.delivery_timeout_s
                                            + RECORD_TIMEOUT_S + LEASE_MARGIN_S))
         # The overall deadline (`_attempt`) is what ends an attempt; httpx's own per-operation
         # timeouts, a little longer, only back it up.
         self.http = httpx.AsyncClient(
-            timeout=settings.timeout_s + 1.0, follow_redirects=False,
-            limits=httpx.Limits(max_connections=settings.concurrency,
-                                max_keepalive_connections=settings.concurrency))
+            timeout=settings.delivery_timeout_s + 1.0, follow_redirects=False,
+            limits=httpx.Limits(max_connections=settings.delivery_concurrency,
+                                max_keepalive_connections=settings.delivery_concurrency))
         self._in_flight: dict[int, int] = {}  # user id -> attempts under way
         self._attempts: set[asyncio.Task[None]] = set()
         self._freed = asyncio.Event()  # an attempt ended: there may be room to claim again
@@ -89,7 +72,7 @@ class Deliverer:
     async def run(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._loop("deliver", self.deliver_once, self.s.poll_s,
+                tg.create_task(self._loop("deliver", self.deliver_once, self.s.delivery_poll_s,
                                           self._rest), name="alerts-deliver")
                 tg.create_task(self._loop("escalate", self.escalate_once, 1.0),
                                name="alerts-escalate")
@@ -139,12 +122,12 @@ class Deliverer:
     async def deliver_once(self) -> int:
         """Claim due notifications and start their attempts; returns how many were started."""
         self._freed.clear()  # before looking: an attempt ending from now on wakes `_rest`
-        room = self.s.concurrency - len(self._attempts)
+        room = self.s.delivery_concurrency - len(self._attempts)
         if room <= 0:
             return 0
-        due = await self.store.claim(min(self.s.batch, room), self.lease,
+        due = await self.store.claim(min(self.s.delivery_batch, room), self.lease,
                                      busy_users=list(self._in_flight),
-                                     per_user=self.s.per_receiver)
+                                     per_user=self.s.delivery_per_receiver)
         for n in due:
             uid = n["user_id"]
             self._in_flight[uid] = self._in_flight.get(uid, 0) + 1
@@ -163,7 +146,7 @@ class Deliverer:
         self._freed.set()
 
     async def prune_once(self) -> int:
-        n = await self.store.prune(timedelta(days=self.s.retention_days))
+        n = await self.store.prune(timedelta(days=self.s.notification_retention_days))
         if n:
             log.info("old notifications pruned", count=n)
         return 0  # then rest an hour, however many went
@@ -180,15 +163,15 @@ class Deliverer:
         started = time.monotonic()
         code, error = None, None
         try:
-            async with asyncio.timeout(self.s.timeout_s):
+            async with asyncio.timeout(self.s.delivery_timeout_s):
                 ch = self.channels.pick(n)  # the one place a channel is chosen: by registry
                 code = await ch.send(n, Context(
-                    self.http, self.s.timeout_s, int(time.time() * 1000),
+                    self.http, self.s.delivery_timeout_s, int(time.time() * 1000),
                     self.s.smtp_url, self.s.smtp_from))
         except DeliveryError as e:
             code, error = e.status_code, str(e)
         except TimeoutError:
-            error = f"no answer within {self.s.timeout_s:g} s (overall deadline)"
+            error = f"no answer within {self.s.delivery_timeout_s:g} s (overall deadline)"
         except Exception as e:  # any fault of a receiver, URL or payload is this attempt's
             error = f"{type(e).__name__}: {e}"
             log.warning("delivery attempt raised", notification=n.get("id"), exc_info=True)
@@ -203,7 +186,7 @@ class Deliverer:
             retry = None
             if not ok:
                 age = time.time() - n["created_at"].timestamp()
-                if age < self.s.give_up_after_s:
+                if age < self.s.delivery_give_up_s:
                     retry = timedelta(seconds=formats.retry_delay_s(n["attempts"] + 1))
                 log.warning("delivery failed", notification=n["id"], channel=channel,
                             error=error, retry_s=retry.total_seconds() if retry else None)

@@ -27,3 +27,10 @@ class AlertSettings(BaseModel):
     delivery_concurrency: int = Field(16, ge=1, description="attempts under way at once; each "
                                       "runs apart, so a slow receiver delays no one else")
     notification_retention_days: float = Field(90.0, description="keep sent notifications")
+    delivery_per_receiver: int = Field(4, ge=1, description="of the attempts under way, at "
+                                       "most this many for one user (one receiver)")
+    delivery_poll_s: float = Field(0.2, gt=0, description="how often the outbox is looked at")
+    delivery_batch: int = Field(50, ge=1, description="notifications claimed at once")
+    delivery_lease_s: float = Field(60.0, gt=0, description="a claimed notification is not "
+                                    "handed out again for this long (raised to outlast an "
+                                    "attempt and its recording)")

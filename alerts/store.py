@@ -17,12 +17,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from alerts.lifecycle import Action, AlertState, Status, Transition, apply
 from geofence.rules import RuleEvent
+from tether import db
 
-Unavailable = (psycopg.OperationalError, TimeoutError)
+Unavailable = db.TransientError
 
 # One open incident per (subject, type, zone) (the unique index of migration 001): a breach
 # while one is open is a repeat, merged here even when two workers judged it at once.
@@ -119,8 +119,7 @@ async def escalate_due(cur: psycopg.AsyncCursor, after: timedelta) -> list[int]:
 
 class OutboxStore:
     def __init__(self, database_url: str) -> None:
-        self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=3, open=False,
-                                        kwargs={"row_factory": dict_row}, timeout=10)
+        self.pool = db.pool(database_url, max_size=3, dict_rows=True)
 
     async def open(self) -> None:
         await self.pool.open(wait=False)

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from api import routes_enrol, routes_read
+from api import live, pages, routes_enrol, routes_read
 from api.auth import Passwords
 from api.settings import ApiSettings
 from api.store import ApiStore, CheckViolation, DataError, Unavailable
@@ -68,6 +68,8 @@ def create_app(settings: ApiSettings, health: Health | None = None) -> FastAPI:
     app.include_router(routes_read.router)
     app.state.hub = AlertHub(app.state.store, settings.database_url)
     app.add_api_websocket_route("/ws/alerts", alerts_socket)
+    live.install(app, settings)  # WS /ws/live, fed by ingest through Redis
+    pages.install(app, settings)  # /, /officer, /playback
 
     @app.exception_handler(Unavailable[0])
     async def db_unavailable(request: Request, exc: Exception) -> JSONResponse:

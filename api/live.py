@@ -1,6 +1,7 @@
 """`WS /ws/live` (contract §3): the command-center map's feed, and the hub behind it.
 
-Ingest publishes each committed batch's positions on one Redis channel (`ingest/live.py`);
+Ingest publishes each committed batch's positions on one Redis channel (`ingest/live.py`,
+`tether/channels.py`);
 every API process subscribes and fans them out to its own screens, so any process serves any
 screen. Per screen: a snapshot (subjects in scope with their last position, zones, open
 alerts), then `positions` batches at most every `FLUSH_S`, filtered by the user's jurisdiction
@@ -38,8 +39,7 @@ from redis.exceptions import RedisError
 from api.settings import ApiSettings
 from api.store import ApiStore, Principal, Unavailable, reads
 from api.ws import AlertHub, Client, authenticate, serve_socket
-from ingest.live import channel
-from tether import logs
+from tether import channels, logs
 from tether.supervise import Health, supervised
 
 log = logs.get("api.live")
@@ -160,7 +160,7 @@ class LiveHub:
             while True:
                 try:
                     async with r.pubsub(ignore_subscribe_messages=True) as ps:
-                        await ps.subscribe(channel(self.settings.redis_prefix))
+                        await ps.subscribe(channels.live_positions(self.settings.redis_prefix))
                         self.subscribed.set()
                         backoff = 0.5
                         async for m in ps.listen():
@@ -285,7 +285,7 @@ async def live_socket(ws: WebSocket) -> None:
                            on_change=changed)
     except* (WebSocketDisconnect, _Closed, RuntimeError, OSError):
         pass  # RuntimeError/OSError: starlette or the transport after the peer vanished
-    except* TimeoutError:
+    except* _TooSlow:
         closed_slow.inc()
         log.warning("screen not reading; closed", user=session.who.username)
         with contextlib.suppress(Exception):
@@ -296,9 +296,21 @@ async def live_socket(ws: WebSocket) -> None:
         screens.dec()
 
 
+class _TooSlow(Exception):
+    """A send blocked SEND_TIMEOUT_S: the screen stopped reading."""
+
+
 async def _send(ws: WebSocket, lock: asyncio.Lock, text: str) -> None:
     async with lock:
-        await asyncio.wait_for(ws.send_text(text), SEND_TIMEOUT_S)
+        # Not wait_for: a send cancelled on timeout may end with the transport's own error,
+        # which would pass for an ordinary disconnect; a slow screen must be told apart.
+        task = asyncio.ensure_future(ws.send_text(text))
+        done, _ = await asyncio.wait({task}, timeout=SEND_TIMEOUT_S)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=1)
+            raise _TooSlow
+        task.result()
 
 
 async def _positions(ws: WebSocket, lock: asyncio.Lock, c: LiveClient) -> None:

@@ -3,9 +3,8 @@
 with the npm packages it pins (`web/package.json`, installed by the setup's `npm ci`), so the
 pages work with no Internet access: no CDN, no glyph or tile server unless an operator sets one.
 
-The operator's tile URL and its datum are read from the settings `tile_url`, `tile_datum`
-(`wgs84` or `gcj02`) and `tile_attribution` when the settings have them, else the module
-defaults below (no tiles: the built-in Natural Earth basemap).
+The operator's tile URL and its datum come from the settings `tile_url`, `tile_datum` (`wgs84`
+or `gcj02`) and `tile_attribution`; unset, the map draws the built-in Natural Earth basemap.
 """
 
 from __future__ import annotations
@@ -20,9 +19,6 @@ from api.settings import ApiSettings
 
 WEB = Path(__file__).resolve().parents[1] / "web"
 MODULES = WEB / "node_modules"
-TILE_URL: str | None = None  # e.g. "https://t0.tianditu.gov.cn/...{z}/{x}/{y}..."
-TILE_DATUM = "wgs84"  # or "gcj02" (AutoNavi, Tencent): what is drawn on it is converted
-TILE_ATTRIBUTION = ""
 # What the pages may load from the npm packages: (URL prefix, directory under node_modules).
 VENDOR = {"maplibre-gl": "maplibre-gl/dist", "gcoord": "gcoord/dist",
           "basemap": "mapeo-offline-map/dist"}
@@ -39,12 +35,9 @@ def _page(name: str, headers: dict | None = None):
 
 def install(app: FastAPI, settings: ApiSettings) -> None:
     """Adds the page routes, `/config.json`, `/static/` (web/) and `/vendor/` (npm files)."""
-    cfg = {"tile_url": getattr(settings, "tile_url", TILE_URL),
-           "tile_datum": getattr(settings, "tile_datum", TILE_DATUM),
-           "tile_attribution": getattr(settings, "tile_attribution", TILE_ATTRIBUTION),
+    cfg = {"tile_url": settings.tile_url, "tile_datum": settings.tile_datum,
+           "tile_attribution": settings.tile_attribution,
            "silent_after_s": settings.offline_wearable_s}
-    if cfg["tile_datum"] not in ("wgs84", "gcj02"):
-        raise ValueError(f"tile_datum must be wgs84 or gcj02, not {cfg['tile_datum']!r}")
     pages = {"/": "index.html", "/officer": "officer.html", "/playback": "playback.html"}
     for url, name in pages.items():
         app.add_api_route(url, _page(name), methods=["GET"], include_in_schema=False)

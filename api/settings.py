@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from geofence.rules import RuleSettings
@@ -19,5 +21,11 @@ class ApiSettings(CommonSettings, RuleSettings):
                                    "more wait, so bogus logins cannot starve ingest")
     trusted_proxies: list[str] = Field(default_factory=list, description="addresses or CIDRs "
                                        "whose X-Forwarded-For is believed (JSON list)")
+    tile_url: str | None = Field(None, description="an operator's map tiles ({z}/{x}/{y}); "
+                                 "unset: the built-in offline basemap")
+    tile_datum: Literal["wgs84", "gcj02"] = Field("wgs84", description="the tiles' datum: "
+                                                  "wgs84 (OpenStreetMap, Tianditu) or gcj02 "
+                                                  "(AutoNavi, Tencent)")
+    tile_attribution: str = ""
     session_recheck_s: float = Field(60.0, gt=0, description="websockets re-check their user "
                                      "this often (and at token expiry)")

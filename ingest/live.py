@@ -16,22 +16,16 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import redis.asyncio as redis
 from prometheus_client import Counter
-from redis.exceptions import RedisError
 
 from geofence.types import Fix
-from tether import logs
+from ingest.state import DeviceState, StateError
+from tether import channels, logs
 
 log = logs.get("ingest.live")
-CHANNEL = "live:positions"  # under the deployment's redis_prefix
 published = Counter("tether_live_positions_published_total", "positions published to screens")
 publish_failures = Counter("tether_live_publish_failures_total",
                            "batches whose live positions could not be published")
-
-
-def channel(prefix: str) -> str:
-    return f"{prefix}{CHANNEL}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,25 +65,22 @@ def encode(items: Iterable[LivePosition]) -> bytes:
 
 class LivePublisher:
     """Owned by the ingest worker; `publish` never raises: the fixes are already committed, and
-    a screen missing a position catches up with the subject's next one."""
+    a screen missing a position catches up with the subject's next one. It speaks through the
+    worker's Redis edge (`ingest/state.py`)."""
 
-    def __init__(self, redis_url: str, prefix: str) -> None:
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
-        self.channel = channel(prefix)
+    def __init__(self, state: DeviceState) -> None:
+        self.state = state
 
     async def publish(self, items: list[LivePosition]) -> int:
         """One PUBLISH for the whole batch; returns how many API processes received it."""
         if not items:
             return 0
         try:
-            receivers = await self.redis.publish(self.channel, encode(items))
-        except (RedisError, OSError) as e:
+            receivers = await self.state.publish(channels.LIVE_POSITIONS, encode(items))
+        except (StateError, OSError) as e:
             logs.still_running()
             publish_failures.inc()
             log.warning("live positions not published", error=str(e), positions=len(items))
             return 0
         published.inc(len(items))
-        return int(receivers)
-
-    async def aclose(self) -> None:
-        await self.redis.aclose()
+        return receivers

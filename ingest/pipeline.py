@@ -19,6 +19,8 @@ from geofence.types import DeviceEvent, Fix, Reject
 from ingest import metrics
 from ingest.decode import KEPT_PAYLOAD_BYTES, Limits, Topics, decode_message
 from ingest.filters import FilterSettings, JumpState, judge_jumps, reject_future
+from ingest.live import LivePublisher
+from ingest.live import positions as live_positions
 from ingest.mqtt import Delivery, MqttSource
 from ingest.rules_runner import Rules, StateConflict
 from ingest.settings import IngestSettings
@@ -62,9 +64,11 @@ def subscriptions(settings: IngestSettings) -> list[str]:
 
 class Ingest:
     def __init__(self, settings: IngestSettings, source: MqttSource, store: IngestStore,
-                 state: DeviceState, rules: Rules, health: Health | None = None) -> None:
+                 state: DeviceState, rules: Rules, health: Health | None = None,
+                 live: LivePublisher | None = None) -> None:
         self.settings = settings
         self.health = health or Health()
+        self.live = live
         self.rules = rules
         self.source = source
         self.store = store
@@ -150,15 +154,30 @@ class Ingest:
             self.committed_batches += 1
 
     async def _store(self, messages: list[_Message]) -> WriteResult:
-        """Registry check, jump filter, then one transaction. Transient failures are waited
-        out inside; anything else raises, for the caller to isolate."""
+        """Filter (registry, jumps), then the batch's transaction. Transient failures are
+        waited out inside; anything else raises, for the caller to isolate."""
         await self._check_registered(messages)
         await self._filter_jumps(messages)
-        return await self._retry("store", lambda: self.store.write(
-            [f for m in messages for f in m.fixes], [e for m in messages for e in m.events],
-            [r for m in messages for r in m.rejects], judge=self.rules.judge))
+        fixes = [f for m in messages for f in m.fixes]
+        events = [e for m in messages for e in m.events]
+        rejects = [r for m in messages for r in m.rejects]
+        return await self._retry("store", lambda: self._commit(fixes, events, rejects))
+
+    async def _commit(self, fixes: list[Fix], events: list[DeviceEvent],
+                      rejects: list[Reject]) -> WriteResult:
+        """The flow's middle, in one transaction: store → evaluate → record alerts → commit.
+        Only what is new to the database is judged, so a redelivery is not judged twice; the
+        alerts commit with the fixes that raised them, or neither does."""
+        async with self.store.batch() as tx:
+            new_fixes, new_events = await tx.store(fixes, events, rejects)
+            verdicts = (await self.rules.judge(new_fixes, new_events)
+                        if new_fixes or new_events else [])
+            changed = await tx.record_alerts(verdicts)
+        return WriteResult(len(new_fixes), len(new_events), changed)
 
     async def persist(self, batch: Batch) -> None:
+        """The flow after decoding: filter → store → evaluate → record alerts → commit
+        (`_store`), then ack (only what is committed), then publish (live state, screens)."""
         started = time.monotonic()
         try:
             result = await self._store(batch.messages)
@@ -167,11 +186,17 @@ class Ingest:
             log.warning("batch failed; storing message by message", error=f"{type(e).__name__}:"
                         f" {str(e)[:200]}")
             result = await self._persist_each(batch)
-        fixes = [f for m in batch.messages for f in m.fixes]
+        self._count(batch, result, started)
+        for m in batch.messages:  # in arrival order, as MQTT asks of QoS 1 acks
+            self.source.ack(m.delivery)
+        await self._publish(batch)
+
+    def _count(self, batch: Batch, result: WriteResult, started: float) -> None:
+        fixes = sum(len(m.fixes) for m in batch.messages)
         metrics.flush_seconds.observe(time.monotonic() - started)
-        metrics.batch_rows.observe(len(fixes))
+        metrics.batch_rows.observe(fixes)
         metrics.fixes_stored.inc(result.fixes_stored)
-        metrics.fixes_duplicate.inc(len(fixes) - result.fixes_stored)
+        metrics.fixes_duplicate.inc(fixes - result.fixes_stored)
         metrics.events_stored.inc(result.events_stored)
         for _alert_id, action, type_ in result.alerts_changed:
             metrics.alerts_changed.labels(action, type_).inc()
@@ -179,15 +204,21 @@ class Ingest:
                 metrics.fix_to_alert.observe(time.monotonic() - batch.started)
         for r in (r for m in batch.messages for r in m.rejects):
             metrics.rejects.labels(r.reason.split(":", 1)[0][:40]).inc()
-        for m in batch.messages:  # in arrival order, as MQTT asks of QoS 1 acks
-            self.source.ack(m.delivery)
-        try:  # from the messages again: the fallback may have turned some into rejects
+
+    async def _publish(self, batch: Batch) -> None:
+        """After commit and ack: the shared live state of each device, and the positions for
+        the live map (one PUBLISH). From the messages again: the fallback may have turned
+        some into rejects."""
+        fixes = [f for m in batch.messages for f in m.fixes]
+        try:
             await self.state.record(fixes, [e for m in batch.messages for e in m.events])
         except (StateError, OSError) as e:
             # The fixes are committed; the live state catches up with the next ones.
             logs.still_running()
             metrics.state_errors.inc()
             log.warning("live state update failed", error=str(e))
+        if self.live is not None:  # never raises: a screen catches up with the next fix
+            await self.live.publish(live_positions(fixes, self.registry))
 
     async def _persist_each(self, batch: Batch) -> WriteResult:
         """Isolate the message that fails: it is tried `dead_letter_after` times, then set aside
@@ -216,7 +247,7 @@ class Ingest:
                                 _text(f"{kind}: {type(error).__name__}: {first}"),
                                 datetime.now(UTC), m.device_id)
                 m.fixes, m.events, m.rejects = [], [], [*m.rejects, reject]
-                r = await self._retry("store", lambda m=m: self.store.write([], [], m.rejects))
+                r = await self._retry("store", lambda m=m: self._commit([], [], m.rejects))
             stored, events = stored + r.fixes_stored, events + r.events_stored
             changed += r.alerts_changed
         return WriteResult(stored, events, changed)

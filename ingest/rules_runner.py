@@ -200,5 +200,6 @@ class Rules:
                 await self.states.make_due(stale, now.timestamp(), only_new=False)
             return [e for sid, evs in results.items() if sid not in stale for e in evs]
 
-        await self.store.record(save_states)
+        async with self.store.batch() as tx:  # the state is written only if the alerts are
+            await tx.record_alerts(await save_states())
         return len(ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from ingest.live import LivePublisher
 from ingest.mqtt import Broker, MqttSource
 from ingest.pipeline import Ingest, subscriptions
 from ingest.rules_runner import Rules
@@ -25,7 +26,7 @@ async def ingest_worker(settings: IngestSettings, health: Health | None = None
                         subscriptions(settings))
     await store.open()
     try:
-        yield Ingest(settings, source, store, state, rules, health)
+        yield Ingest(settings, source, store, state, rules, health, LivePublisher(state))
     finally:
         await state.close()
         await store.close()

@@ -112,6 +112,10 @@ class DeviceState:
     async def close(self) -> None:
         await self.client.aclose()
 
+    async def publish(self, channel: str, payload: bytes) -> int:
+        """One message to every process subscribed (the live map's API processes)."""
+        return int(await self.client.publish(f"{self.prefix}{channel}", payload))
+
     async def last_good(self, device_ids: Sequence[str]) -> dict[str, LastGood]:
         return {d: j.last for d, j in (await self.jump_states(device_ids)).items() if j.last}
 

@@ -101,16 +101,12 @@ async def _ingest(s: Settings, health: Health) -> None:
 
 @contextlib.asynccontextmanager
 async def notifications(s: Settings):
-    from alerts.deliver import Deliverer, DeliverySettings
+    from alerts.deliver import Deliverer
     from alerts.store import OutboxStore
 
     store = OutboxStore(s.database_url)
     await store.open()
-    deliverer = Deliverer(store, DeliverySettings(
-        smtp_url=s.smtp_url, smtp_from=s.smtp_from, escalate_after_s=s.escalate_after_s,
-        give_up_after_s=s.delivery_give_up_s, retention_days=s.notification_retention_days,
-        timeout_s=s.delivery_timeout_s, concurrency=s.delivery_concurrency,
-    ))
+    deliverer = Deliverer(store, s)  # s holds the alerts' section of the settings
     try:
         yield deliverer
     finally:

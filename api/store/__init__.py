@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
-Unavailable = (psycopg.OperationalError, TimeoutError)
+from tether import db
+
+Unavailable = db.TransientError
 UniqueViolation = psycopg.errors.UniqueViolation
 ForeignKeyViolation = psycopg.errors.ForeignKeyViolation
 CheckViolation = psycopg.errors.CheckViolation
@@ -42,8 +42,7 @@ IN_SCOPE = "(%(scope)s::bigint IS NULL OR %(scope)s = ANY(j.path))"
 
 class ApiStore:
     def __init__(self, database_url: str) -> None:
-        self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=8, open=False,
-                                        kwargs={"row_factory": dict_row}, timeout=10)
+        self.pool = db.pool(database_url, max_size=8, dict_rows=True)
 
     async def open(self) -> None:
         await self.pool.open(wait=False)

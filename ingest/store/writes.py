@@ -6,23 +6,21 @@ INSERT ... ON CONFLICT DO NOTHING into the hypertable, all in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from alerts.store import record_rule_events
 from geofence.rules import RuleEvent
 from geofence.types import DeviceEvent, Fix, Reject
 from ingest.store.world import WorldRows, load_world, notifications
+from tether import db
 
-# Errors worth waiting out (the database is down, restarting or overloaded), as opposed to bugs.
-TransientError = (psycopg.OperationalError, psycopg.errors.AdminShutdown, TimeoutError)
-# Errors caused by the data itself (e.g. a NUL character jsonb refuses): retrying cannot help.
-DataRejected = (psycopg.DataError, psycopg.IntegrityError)
+TransientError, DataRejected = db.TransientError, db.DataRejected
 
 _FIX_COLUMNS = ("device_id", "fix_time", "received_at", "lat", "lon", "accuracy_m", "altitude_m",
                 "speed_mps", "heading_deg", "battery_pct", "source", "datum", "reported_lat",
@@ -54,9 +52,6 @@ class WriteResult:
     alerts_changed: list[tuple[int, str, str]] = field(default_factory=list)
 
 
-# Called inside the batch transaction with the fixes and events new to the database (a
-# redelivered duplicate is not judged twice); returns the rule events to record as alerts.
-Judge = Callable[[list[Fix], list[DeviceEvent]], Awaitable[list[RuleEvent]]]
 
 
 def _fix_row(f: Fix) -> tuple:
@@ -64,6 +59,45 @@ def _fix_row(f: Fix) -> tuple:
             f.speed_mps, f.heading_deg, f.battery_pct, f.source, f.datum.value, f.reported_lat,
             f.reported_lon, f.mock, f.seq, f.outlier,
             None if f.extra is None else Jsonb(f.extra))
+
+
+class BatchTx:
+    """The writes of one batch transaction (`IngestStore.batch`)."""
+
+    def __init__(self, cur: psycopg.AsyncCursor, severity: dict[str, str]) -> None:
+        self.cur, self.severity = cur, severity
+
+    async def store(self, fixes: Sequence[Fix], events: Sequence[DeviceEvent],
+                    rejects: Sequence[Reject]) -> tuple[list[Fix], list[DeviceEvent]]:
+        """Fixes by COPY into staging and one INSERT ... ON CONFLICT, events, rejects. Returns
+        the fixes and events new to the database: a redelivered duplicate is not judged twice."""
+        cur = self.cur
+        new_fixes: list[Fix] = []
+        new_events: list[DeviceEvent] = []
+        if fixes:
+            async with cur.copy(_COPY_FIXES) as copy:
+                copy.set_types(_FIX_TYPES)
+                for f in fixes:
+                    await copy.write_row(_fix_row(f))
+            await cur.execute(_MERGE_FIXES)
+            fresh = set(await cur.fetchall())
+            new_fixes = [f for f in fixes if (f.device_id, f.fix_time) in fresh]
+        if events:
+            await cur.executemany(_INSERT_EVENT, [
+                (e.device_id, e.event_time, e.type, e.received_at, e.lat, e.lon,
+                 e.battery_pct, Jsonb(e.data)) for e in events], returning=True)
+            for e in events:
+                if await cur.fetchone():
+                    new_events.append(e)
+                cur.nextset()
+        if rejects:
+            await cur.executemany(_INSERT_REJECT, [
+                (r.received_at, r.topic, r.payload, r.reason, r.device_id) for r in rejects])
+        return new_fixes, new_events
+
+    async def record_alerts(self, events: Sequence[RuleEvent]) -> list[tuple[int, str, str]]:
+        """The rules' conclusions as alert transitions (alerts/store.py), in this transaction."""
+        return await record_rule_events(self.cur, events, self.severity) if events else []
 
 
 async def _prepare_session(conn: psycopg.AsyncConnection) -> None:
@@ -78,8 +112,7 @@ class IngestStore:
                  severity: dict[str, str] | None = None) -> None:
         self.url = database_url
         self.severity = severity or {}
-        self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=max_size, open=False,
-                                        configure=_prepare_session, timeout=10)
+        self.pool = db.pool(database_url, max_size=max_size, configure=_prepare_session)
 
     async def open(self) -> None:
         # wait=False: a database that is down at start-up is waited out by the writer's retries.
@@ -88,44 +121,12 @@ class IngestStore:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def write(self, fixes: Sequence[Fix], events: Sequence[DeviceEvent],
-                    rejects: Sequence[Reject], judge: Judge | None = None) -> WriteResult:
-        """Store one batch atomically; duplicates (same device and time) are skipped. The
-        judge's conclusions commit with the fixes that led to them, or not at all."""
-        new_fixes: list[Fix] = []
-        new_events: list[DeviceEvent] = []
-        changed: list[tuple[int, str, str]] = []
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[BatchTx]:
+        """One transaction for one batch: it commits when the block ends, or rolls back if the
+        block raises; what the pipeline does inside it commits together or not at all."""
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            if fixes:
-                async with cur.copy(_COPY_FIXES) as copy:
-                    copy.set_types(_FIX_TYPES)
-                    for f in fixes:
-                        await copy.write_row(_fix_row(f))
-                await cur.execute(_MERGE_FIXES)
-                fresh = set(await cur.fetchall())
-                new_fixes = [f for f in fixes if (f.device_id, f.fix_time) in fresh]
-            if events:
-                await cur.executemany(_INSERT_EVENT, [
-                    (e.device_id, e.event_time, e.type, e.received_at, e.lat, e.lon,
-                     e.battery_pct, Jsonb(e.data)) for e in events], returning=True)
-                for e in events:
-                    if await cur.fetchone():
-                        new_events.append(e)
-                    cur.nextset()
-            if rejects:
-                await cur.executemany(_INSERT_REJECT, [
-                    (r.received_at, r.topic, r.payload, r.reason, r.device_id) for r in rejects])
-            if judge and (new_fixes or new_events):
-                rule_events = await judge(new_fixes, new_events)
-                changed = await record_rule_events(cur, rule_events, self.severity)
-        return WriteResult(len(new_fixes), len(new_events), changed)
-
-    async def record(self, produce: Callable[[], Awaitable[Sequence[RuleEvent]]]
-                     ) -> list[tuple[int, str, str]]:
-        """Record rule events from the timers. `produce` (which writes the rule state and says
-        which events stand) runs inside the transaction: if it fails, no alert is left behind."""
-        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            return await record_rule_events(cur, await produce(), self.severity)
+            yield BatchTx(cur, self.severity)
 
     async def load_world(self) -> WorldRows:
         async with self.pool.connection() as conn:

@@ -7,7 +7,6 @@ acknowledging on the officer page updates the map page. Screenshots go to tests/
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import time
 from collections.abc import AsyncIterator
@@ -17,8 +16,8 @@ import psycopg
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-import ingest.pipeline
 from ingest.live import LivePublisher
+from ingest.state import DeviceState
 from tests.integration.api_world import PASSWORD, seed
 from tests.integration.conftest import db, running, settings  # noqa: F401
 from tests.integration.test_live_ws import api_server, pos
@@ -83,7 +82,8 @@ async def test_map_and_officer_pages_live(browser: Browser, settings: Settings, 
     # the seeded alerts are older history: resolve them so the feed starts empty
     db.execute("UPDATE alerts SET status = 'resolved' WHERE subject_id = ANY(%s)",
                ([world[f"subj_{w}"] for w in ("city", "countyA", "countyB")],))
-    pub = LivePublisher(settings.redis_url, settings.redis_prefix)
+    state = DeviceState(settings.redis_url, settings.redis_prefix)
+    pub = LivePublisher(state)
     async with api_server(settings) as (base, _):
         cmd = await open_logged_in(browser, f"{base}/", user("cmdCity"))
         await cmd.wait_for_function("() => window.tether && window.tether.subjects.size >= 3")
@@ -128,7 +128,7 @@ async def test_map_and_officer_pages_live(browser: Browser, settings: Settings, 
         await phone.wait_for_selector(sel, state="detached", timeout=3000)
         assert cmd.errors == [] and phone.errors == []  # type: ignore[attr-defined]
         print(f"breach shown on both pages after {shown_s * 1000:.0f} ms")
-    await pub.aclose()
+    await state.close()
 
 
 @pytest.mark.timeout(120)
@@ -166,12 +166,7 @@ async def test_officer_installable_and_playback(browser: Browser, settings: Sett
         assert page.errors == [] and phone.errors == []  # type: ignore[attr-defined]
 
 
-WIRED = "LivePublisher" in inspect.getsource(ingest.pipeline)
-
-
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(not WIRED, reason="ingest/pipeline.py does not publish live positions yet"
-                    " (the lead wires ingest.live.LivePublisher; see docs/live.md)")
 async def test_real_ingest_moves_the_marker(browser: Browser, settings: Settings,  # noqa: F811
                                             db) -> None:  # noqa: F811
     """Wired end to end: MQTT fix -> ingest worker -> Redis -> API -> the map page."""

@@ -104,7 +104,8 @@ async def test_broken_receivers_cost_another_officer_under_2_s(settings, db,
                      bad_alerts) <= 500
         # Each hanging or dripping attempt ends at its deadline as a failed attempt, so
         # one receiver never holds more than its share of the slots.
-        assert hangs.connections <= d.s.per_receiver and drips.connections <= d.s.per_receiver
+        share = d.s.delivery_per_receiver
+        assert hangs.connections <= share and drips.connections <= share
         await eventually(lambda: attempts(db, [first, second], ok=True) == 2,
                          what="both recorded as delivered")
     socks["refused"].close()

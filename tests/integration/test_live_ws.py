@@ -21,21 +21,22 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 import api.live
-from api import live, pages
+from api import live
 from api.app import create_app
-from ingest.live import LivePosition, LivePublisher, channel
+from ingest.live import LivePosition, LivePublisher
+from ingest.state import DeviceState
 from tests.integration.api_world import PASSWORD, seed
 from tests.integration.conftest import eventually
 from tests.integration.receivers import free_port
+from tether import channels
 from tether.config import Settings
 
 
 @contextlib.asynccontextmanager
 async def api_server(settings: Settings) -> AsyncIterator[tuple[str, live.LiveHub]]:
-    """One API process (create_app plus the live and pages wiring) on a free port."""
+    """One API process (create_app, with the live map and pages) on a free port."""
     app = create_app(settings)
-    hub = live.install(app, settings)
-    pages.install(app, settings)
+    hub = app.state.live
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(srv.serve(), name="test-live-api")
@@ -90,9 +91,9 @@ def world(db: psycopg.Connection) -> dict:
 
 @pytest.fixture
 async def pub(settings: Settings) -> AsyncIterator[LivePublisher]:
-    p = LivePublisher(settings.redis_url, settings.redis_prefix)
-    yield p
-    await p.aclose()
+    state = DeviceState(settings.redis_url, settings.redis_prefix)
+    yield LivePublisher(state)
+    await state.close()
 
 
 @pytest.mark.timeout(60)
@@ -182,7 +183,7 @@ async def test_hostile_batches_are_counted_and_the_feed_goes_on(settings, world,
         before = api.live.received.labels("rejected")._value.get()
         for bad in (b"not json", b'{"v":1,"items":[[1,"d",91,0,0,null]]}', b"\xff" * 100,
                     json.dumps({"v": 1, "items": [["x"]]}).encode()):
-            await r.publish(channel(settings.redis_prefix), bad)
+            await r.publish(channels.live_positions(settings.redis_prefix), bad)
         await r.aclose()
         await pub.publish([pos(world["subj_countyA"], world["dev_countyA"])])
         await positions_until(ws, lambda it: len(it) >= 1)

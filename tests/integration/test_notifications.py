@@ -14,7 +14,8 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from alerts.deliver import Deliverer, DeliverySettings
+from alerts.deliver import Deliverer
+from alerts.settings import AlertSettings
 from alerts.store import OutboxStore
 from tests.integration.conftest import count, eventually
 from tests.integration.receivers import Hook, free_port, http_receiver, smtp_receiver
@@ -58,7 +59,10 @@ def raise_alert(db: psycopg.Connection, subject: int, type_: str = "exclusion_en
 async def delivering(settings: Settings, **kw):
     store = OutboxStore(settings.database_url)
     await store.open()
-    d = Deliverer(store, DeliverySettings(poll_s=0.05, **kw))
+    renamed = {"timeout_s": "delivery_timeout_s", "concurrency": "delivery_concurrency",
+               "lease_s": "delivery_lease_s"}
+    d = Deliverer(store, AlertSettings(delivery_poll_s=0.05,
+                                       **{renamed.get(k, k): v for k, v in kw.items()}))
     task = asyncio.create_task(d.run(), name="test-deliverer")
     try:
         yield d
