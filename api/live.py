@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
-import psycopg
 import redis.asyncio as redis
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from prometheus_client import Counter, Gauge
@@ -38,8 +37,10 @@ from redis.exceptions import RedisError
 
 from api.settings import ApiSettings
 from api.store import ApiStore, Principal, Unavailable, reads
+from api.store import live as store_live
 from api.ws import AlertHub, Client, authenticate, serve_socket
 from tether import channels, logs
+from tether.retry import Backoff
 from tether.supervise import Health, supervised
 
 log = logs.get("api.live")
@@ -148,29 +149,26 @@ class LiveHub:
 
     async def reload_paths(self) -> None:
         async with self.store.read() as cur:
-            await cur.execute("SELECT s.id, j.path FROM subjects s"
-                              " JOIN jurisdictions j ON j.id = s.jurisdiction_id")
-            self.paths = {r["id"]: tuple(r["path"]) for r in await cur.fetchall()}
+            self.paths = await store_live.subject_paths(cur)
         self.latest = {k: v for k, v in self.latest.items() if k in self.paths}
 
     async def _positions(self) -> None:
         r = redis.Redis.from_url(self.settings.redis_url)
-        backoff = 0.5
+        backoff = Backoff(0.5, 10.0)
         try:
             while True:
                 try:
                     async with r.pubsub(ignore_subscribe_messages=True) as ps:
                         await ps.subscribe(channels.live_positions(self.settings.redis_prefix))
                         self.subscribed.set()
-                        backoff = 0.5
+                        backoff.reset()
                         async for m in ps.listen():
                             self.feed(m.get("data"))
                 except (RedisError, OSError) as e:
                     logs.still_running()
                     log.warning("live positions feed lost; reconnecting", error=str(e))
                 self.subscribed.clear()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                await backoff.wait()
         finally:
             await r.aclose()
 
@@ -200,21 +198,16 @@ class LiveHub:
                     c.offer(sid, p)
 
     async def _world(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(0.5, 10.0)
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(
-                        self.settings.database_url, autocommit=True) as conn:
-                    await conn.execute("LISTEN tether_world")
-                    self.world_changed.set()  # changes missed while away
-                    backoff = 0.5
-                    async for _ in conn.notifies():
-                        self.world_changed.set()
+                async for _ in store_live.world_changes(self.settings.database_url):
+                    self.world_changed.set()  # the first: changes missed while away
+                    backoff.reset()
             except Unavailable as e:
                 logs.still_running()
                 log.warning("world feed lost; reconnecting", error=str(e))
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+            await backoff.wait()
 
     async def _reloader(self) -> None:
         while True:

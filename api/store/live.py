@@ -1,4 +1,5 @@
-"""Alert changes as they commit (LISTEN tether_alerts), for the websockets."""
+"""What the websockets hear from PostgreSQL: alert changes as they commit (LISTEN
+tether_alerts), world changes (LISTEN tether_world), and the jurisdiction path of each subject."""
 
 from __future__ import annotations
 
@@ -25,3 +26,20 @@ async def alert_with_path(cur: AsyncCursor, alert_id: int) -> dict | None:
                       " JOIN jurisdictions j ON j.id = s.jurisdiction_id WHERE a.id = %s",
                       (alert_id,))
     return await cur.fetchone()
+
+
+async def world_changes(database_url: str) -> AsyncIterator[None]:
+    """Yields once on connecting (changes missed while away), then per committed change of
+    zones, subjects, devices or victims; ends if the connection is lost."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("LISTEN tether_world")
+        yield None
+        async for _ in conn.notifies():
+            yield None
+
+
+async def subject_paths(cur: AsyncCursor) -> dict[int, tuple[int, ...]]:
+    """Each subject's jurisdiction path (root first), which decides who may see it."""
+    await cur.execute("SELECT s.id, j.path FROM subjects s"
+                      " JOIN jurisdictions j ON j.id = s.jurisdiction_id")
+    return {r["id"]: tuple(r["path"]) for r in await cur.fetchall()}
