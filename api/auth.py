@@ -140,17 +140,25 @@ class Tokens:
 
     def issue(self, p: Principal, now: float | None = None) -> str:
         now = time.time() if now is None else now
-        return jwt.encode({"sub": str(p.id), "role": p.role, "iat": int(now),
+        # `iat` keeps its fraction: a session ended at a password change must not outlive it,
+        # and a login a moment after the change must not fall before it.
+        return jwt.encode({"sub": str(p.id), "role": p.role, "iat": now,
                            "exp": int(now + self.ttl_s)}, self.secret, algorithm="HS256")
 
-    def claims(self, token: str) -> tuple[int, float]:
-        """The user id and the expiry (epoch seconds) of a valid token."""
+    def session(self, token: str) -> tuple[int, float, float | None]:
+        """The user id, expiry and issue time (epoch seconds) of a valid token."""
         try:
             claims = jwt.decode(token, self.secret, algorithms=["HS256"],
                                 options={"require": ["sub", "exp"]})
-            return int(claims["sub"]), float(claims["exp"])
+            iat = claims.get("iat")
+            return (int(claims["sub"]), float(claims["exp"]),
+                    float(iat) if isinstance(iat, int | float) else None)
         except (jwt.PyJWTError, ValueError, KeyError, TypeError) as e:
             raise TokenError(str(e)) from e
+
+    def claims(self, token: str) -> tuple[int, float]:
+        """The user id and the expiry (epoch seconds) of a valid token."""
+        return self.session(token)[:2]
 
     def user_id(self, token: str) -> int:
         return self.claims(token)[0]

@@ -15,6 +15,7 @@ from fastapi.security import OAuth2PasswordBearer
 from api.auth import Passwords, TokenError, Tokens, client_address
 from api.store import ApiStore, Principal
 from api.store.accounts import principal, signing_secret
+from geofence.types import DEVICE_ID_PATTERN
 from tether import logs
 
 log = logs.get("api")
@@ -53,11 +54,11 @@ async def current_user(request: Request, token: Annotated[str | None, Depends(oa
     if not token:
         raise unauthorised
     try:
-        uid = toks.user_id(token)
+        uid, _, issued_at = toks.session(token)
     except TokenError as e:
         raise unauthorised from e
-    async with store(request).read() as cur:
-        who = await principal(cur, uid)  # per request, so a disabled user is out at once
+    async with store(request).read() as cur:  # per request: a disabled user is out at once
+        who = await principal(cur, uid, issued_at)
     if who is None:
         raise unauthorised
     return who
@@ -67,6 +68,7 @@ User = Annotated[Principal, Depends(current_user)]
 # Ids and offsets are bounded so that no request can overflow a bigint in SQL (a 500).
 PathId = Annotated[int, Path(ge=1, le=2**62)]
 QueryId = Annotated[int | None, Query(ge=1, le=2**62)]
+DeviceIdPath = Annotated[str, Path(pattern=f"^{DEVICE_ID_PATTERN}$")]
 Store = Annotated[ApiStore, Depends(store)]
 
 

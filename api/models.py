@@ -148,7 +148,7 @@ class DeviceIn(Body):
 class Device(BaseModel):
     id: str
     kind: str
-    subject_id: int
+    subject_id: int | None  # None: taken off its subject (PATCH, contract §6)
     created_at: datetime
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timedelta
+import json
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
 from api import models
+from api import models_casework as mc
 from api.deps import (
     PathId,
     QueryId,
@@ -20,7 +22,7 @@ from api.deps import (
     require,
     wants_csv,
 )
-from api.store import enrol, reads
+from api.store import enrol, oversight, reads
 
 router = APIRouter(prefix="/api")
 Limit = Annotated[int, Query(ge=1, le=5000)]
@@ -28,13 +30,15 @@ MAX_TRACK_POINTS = 100_000
 MAX_CORRELATE_WINDOW = timedelta(days=31)
 
 
-def _window(start: datetime, end: datetime, longest: timedelta | None = None) -> None:
+def _window(start: datetime, end: datetime, longest: timedelta | None = None,
+            names: tuple[str, str] = ("from", "to")) -> None:
     if start.tzinfo is None or end.tzinfo is None:
-        raise invalid("from and to need a UTC offset (RFC 3339)", "query", "from")
+        raise invalid(f"{names[0]} and {names[1]} need a UTC offset (RFC 3339)", "query",
+                      names[0] if start.tzinfo is None else names[1])
     if end <= start:
-        raise invalid("to must be after from", "query", "to")
+        raise invalid(f"{names[1]} must be after {names[0]}", "query", names[1])
     if longest and end - start > longest:
-        raise invalid(f"the window may span at most {longest.days} days", "query", "to")
+        raise invalid(f"the window may span at most {longest.days} days", "query", names[1])
 
 
 @router.get("/jurisdictions", response_model=list[models.Jurisdiction], tags=["enrolment"])
@@ -75,10 +79,15 @@ async def list_alerts(who: User, db: Store, request: Request, subject_id: QueryI
                       status: Literal["open", "acknowledged", "resolved"] | None = None,
                       type: str | None = None, since: datetime | None = None,
                       limit: Limit = 500):
-    async with db.read() as cur:
+    async with db.write() as cur:
         rows = await reads.alerts(cur, who, subject_id=subject_id, status=status, type_=type,
                                   since=since, limit=limit)
-    return csv_response(rows, ALERT_CSV, "alerts.csv") if wants_csv(request) else rows
+        if not wants_csv(request):
+            return rows
+        await oversight.record_read(cur, who, "export", "alerts", None,
+                                    {"subject_id": subject_id, "status": status, "type": type,
+                                     "since": since, "rows": len(rows)})
+    return csv_response(rows, ALERT_CSV, "alerts.csv")
 
 
 @router.get("/subjects/{subject_id}/track", tags=["subjects"],
@@ -89,10 +98,14 @@ async def get_track(subject_id: PathId, who: User, db: Store, request: Request,
                     end: Annotated[datetime, Query(alias="to")],
                     max_points: Annotated[int, Query(ge=2, le=MAX_TRACK_POINTS)] = 5000):
     _window(start, end)
-    async with db.read() as cur:
+    async with db.write() as cur:  # the read is audited with it
         if not await enrol.subject_in_scope(cur, who, subject_id):
             raise not_found(who, request, "subject")
         rows = await reads.track(cur, subject_id, start, end, max_points)
+        await oversight.record_read(cur, who, "export_track" if wants_csv(request)
+                                    else "read_track", "subject", subject_id,
+                                    {"subject_id": subject_id, "from": start, "to": end,
+                                     "points": len(rows)})
     if wants_csv(request):
         return csv_response(rows, ["device_id", "fix_time", "lat", "lon", "accuracy_m",
                                    "speed_mps", "battery_pct", "outlier"], "track.csv")
@@ -110,8 +123,13 @@ async def correlate(who: User, db: Store, lat: Annotated[float, Query(ge=-90, le
                     start: Annotated[datetime, Query(alias="from")],
                     end: Annotated[datetime, Query(alias="to")]) -> list[dict]:
     _window(start, end, MAX_CORRELATE_WINDOW)
-    async with db.read() as cur:
-        return await reads.correlate(cur, who, lat, lon, radius_m, start, end)
+    async with db.write() as cur:  # the read is audited with it
+        rows = await reads.correlate(cur, who, lat, lon, radius_m, start, end)
+        await oversight.record_read(cur, who, "correlate", "correlation", None,
+                                    {"lat": lat, "lon": lon, "radius_m": radius_m,
+                                     "from": start, "to": end,
+                                     "subjects": [r["subject_id"] for r in rows]})
+        return rows
 
 
 @router.get("/ingest/rejects", response_model=list[models.Reject], tags=["operations"])
@@ -125,8 +143,40 @@ async def list_rejects(who: User, db: Store, request: Request, since: datetime |
              "payload_base64": base64.b64encode(bytes(r["payload"])).decode()} for r in rows]
 
 
-@router.get("/stats", response_model=list[models.JurisdictionStats], tags=["operations"])
-async def stats(who: User, db: Store, request: Request) -> list[dict]:
+STATS_CSV = ["jurisdiction_id", "name", "parent_id", "since", "until", "subjects", "devices",
+             "devices_online", "open_alerts", "alerts_opened", "alerts_resolved", "median_ack_s",
+             "orders_in_force", "orders_expiring"]
+
+
+@router.get("/stats", response_model=list[mc.Stats], tags=["operations"],
+            responses={200: {"content": {"text/csv": {}}}})
+async def stats(who: User, db: Store, request: Request, since: datetime | None = None,
+                until: datetime | None = None):
+    """Per jurisdiction in scope, counts that include every jurisdiction below it; alerts
+    opened, resolved and acknowledged within [since, until) (default: the last 30 days)."""
+    now = datetime.now(UTC)
+    until = until or now
+    since = since or until - timedelta(days=30)
+    _window(since, until, None, ("since", "until"))
     online = timedelta(seconds=request.app.state.settings.offline_wearable_s)
+    async with db.write() as cur:
+        rows = await oversight.stats(cur, who, online, since, until)
+        if wants_csv(request):
+            await oversight.record_read(cur, who, "export", "stats", None,
+                                        {"since": since, "until": until})
+    if wants_csv(request):
+        return csv_response([{**r, **{k: json.dumps(r[k]) for k in
+                                      ("open_alerts", "alerts_opened", "alerts_resolved")}}
+                             for r in rows], STATS_CSV, "stats.csv")
+    return rows
+
+
+@router.get("/audit", response_model=list[mc.AuditEntry], tags=["operations"])
+async def audit_log(who: User, db: Store, request: Request, since: datetime | None = None,
+                    user_id: QueryId = None, subject_id: QueryId = None,
+                    limit: Limit = 500) -> list[dict]:
+    """Writes, and reads of tracks, correlations and exports (who looked at whom). Admin: all;
+    commander: the own scope."""
+    require(who, request, "admin", "commander")
     async with db.read() as cur:
-        return await reads.stats(cur, who, online)
+        return await oversight.audit_entries(cur, who, since, user_id, subject_id, limit)

@@ -87,6 +87,7 @@ class Session:
 
     who: Principal
     expires_at: float  # the token's expiry, epoch seconds
+    issued_at: float | None = None  # sessions ended after it (new password, disabled) end this
 
 
 async def authenticate(ws: WebSocket) -> Session | None:
@@ -100,12 +101,12 @@ async def authenticate(ws: WebSocket) -> Session | None:
     if not isinstance(token, str):
         return None
     try:
-        uid, expires_at = (await _tokens(ws)).claims(token)
+        uid, expires_at, issued_at = (await _tokens(ws)).session(token)
     except TokenError:
         return None
     async with ws.app.state.store.read() as cur:
-        who = await principal(cur, uid)
-    return Session(who, expires_at) if who else None
+        who = await principal(cur, uid, issued_at)
+    return Session(who, expires_at, issued_at) if who else None
 
 
 async def _tokens(ws: WebSocket):
@@ -130,16 +131,16 @@ async def watch_session(ws: WebSocket, session: Session, recheck_s: float,
             continue
         try:
             async with store.read() as cur:
-                who = await principal(cur, session.who.id)
+                who = await principal(cur, session.who.id, session.issued_at)
         except Unavailable as e:
             log.warning("session re-check failed; retrying", user=session.who.username,
                         error=str(e))
             await asyncio.sleep(min(recheck_s, RECHECK_RETRY_S))
             continue
         if who is None:
-            log.warning("websocket closed: user disabled", user=session.who.username,
+            log.warning("websocket closed: user disabled or sessions ended", user=session.who.username,
                         path=ws.url.path)
-            await _close(ws, 1008, "user disabled")
+            await _close(ws, 1008, "user disabled or sessions ended: log in again")
         if who != session.who:
             session.who = who
             if on_change:

@@ -92,6 +92,7 @@ class Judge:
         t, acc = f.fix_time.timestamp(), self.s.accuracy(f.accuracy_m)
         frames: dict = {}
         for zid, c in self.zones_for(f, near, rules).items():
+            c = self.w.zones.at(zid, f.fix_time) or c  # an edited zone: as it was at the fix
             z = c.zone
             depth = None
             if applies(z, self.subject, f.fix_time):
@@ -275,8 +276,11 @@ def evaluate(st: SubjectState, subject: Subject, world: World, settings: RuleSet
     fixes older than its newest judged fix take the late path.
     """
     judge = Judge(world, subject, settings)
-    items = sorted([*((f.fix_time, 0, f) for f in fixes),
-                    *((e.event_time, 1, e) for e in events)], key=lambda x: (x[0], x[1]))
+    # Outside a monitoring order nothing is judged (the ingest filter keeps such fixes out of
+    # storage too; this holds for a fix that raced an order's end).
+    items = sorted([*((f.fix_time, 0, f) for f in fixes if subject.monitored(f.fix_time)),
+                    *((e.event_time, 1, e) for e in events if subject.monitored(e.event_time))],
+                   key=lambda x: (x[0], x[1]))
     late: list[Fix] = []
     for _, is_event, item in items:
         if is_event:

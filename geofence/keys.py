@@ -19,9 +19,12 @@ class RuleKind(StrEnum):
     OFFLINE = "off"
     STRAP = "strap"
     IMPAIRED = "impaired"
+    ORDER = "o"  # a monitoring order ending soon (order_expiring)
+    LEAVE = "l"  # a leave not returned from in time (leave_overrun)
 
 
-_WITH_REF = (RuleKind.ZONE, RuleKind.BUFFER, RuleKind.VICTIM)
+_WITH_REF = (RuleKind.ZONE, RuleKind.BUFFER, RuleKind.VICTIM, RuleKind.ORDER, RuleKind.LEAVE)
+SUBJECT_WIDE = "*"  # the device part of a rule about the subject, not one device
 ZONE_KINDS = (RuleKind.ZONE, RuleKind.BUFFER)  # the rules a zone's fixes feed
 _BY_NAME = {k.value: k for k in RuleKind if k not in _WITH_REF}
 
@@ -44,6 +47,14 @@ def victim(link_id: int, device_id: str) -> str:
     return f"v{link_id}:{device_id}"
 
 
+def order(order_id: int) -> str:
+    return f"o{order_id}:{SUBJECT_WIDE}"
+
+
+def leave(leave_id: int) -> str:
+    return f"l{leave_id}:{SUBJECT_WIDE}"
+
+
 def device(kind: RuleKind, device_id: str) -> str:
     """A rule about the device itself (spoofing, battery, silence, strap, impaired)."""
     assert kind not in _WITH_REF, kind
@@ -57,6 +68,6 @@ def parse(key: str) -> RuleKey | None:
         return None
     if head in _BY_NAME:
         return RuleKey(_BY_NAME[head], device_id)
-    if len(head) > 1 and head[0] in "zbv" and head[1:].isdigit():
+    if len(head) > 1 and head[0] in "zbvol" and head[1:].isdigit():
         return RuleKey(RuleKind(head[0]), device_id, int(head[1:]))
     return None

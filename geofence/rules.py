@@ -48,6 +48,10 @@ class RuleSettings(BaseModel):
     spoof_window_s: float = Field(600.0, description="two impossible jumps this close are "
                                   "spoofing, not a glitch")
     late_after_s: float = Field(60.0, description="a fix received later than this is 'late'")
+    leave_grace_s: float = Field(1800.0, description="after a leave's end, this long to be "
+                                 "back home before leave_overrun")
+    order_expiring_s: float = Field(7 * 86_400.0, description="an order ending within this "
+                                    "raises order_expiring (once)")
 
     def offline_after_s(self, kind: str) -> float:
         return {DeviceKind.WEARABLE: self.offline_wearable_s, DeviceKind.PHONE:

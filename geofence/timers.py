@@ -16,10 +16,20 @@ import numpy as np
 from geofence import keys
 from geofence.engine import Judge, World, zone_type
 from geofence.keys import RuleKind
-from geofence.rules import CLEAR, OPEN, Rule, RuleEvent, RuleSettings, SubjectState, step
+from geofence.rules import (
+    CLEAR,
+    OPEN,
+    Rule,
+    RuleEvent,
+    RuleSettings,
+    SubjectState,
+    force_clear,
+    force_open,
+    step,
+)
 from geofence.schedule import boundaries, next_boundary
 from geofence.types import DeviceKind, Subject
-from geofence.zones import CompiledZone, applies
+from geofence.zones import CompiledZone, applies, suspended
 
 FIRST_LOOK_BACK = timedelta(minutes=1)  # a subject never ticked before: how far back to look
 
@@ -58,7 +68,7 @@ def tick(st: SubjectState, subject: Subject, world: World, s: RuleSettings,
         if applies(z, subject, now):
             in_force_now.append(z.id)
         for at, starts in sorted(marks):
-            if not z.exists_at(at):
+            if not z.exists_at(at) or (starts and suspended(z, subject, at)):
                 continue
             for dev, kind in devices.items():
                 key = keys.zone(z.id, dev)
@@ -88,15 +98,62 @@ def tick(st: SubjectState, subject: Subject, world: World, s: RuleSettings,
                                          "ts": datetime.fromtimestamp(track.t, UTC).isoformat()},
                                details={"zone": z.name, "depth_m": round(depth, 1),
                                         "reason": "last known position at window start"})
-    for dev, kind in devices.items():
+    for dev, kind in devices.items() if subject.monitored(now) else ():
         if _silent(st, dev, kind, t_now, s) and dev in st.tracks:
             r = st.rules.setdefault(keys.device(RuleKind.OFFLINE, dev), Rule())
             if r.st != "breach":
                 judge.device_rule(st, RuleKind.OFFLINE, "device_offline", True, now, dev,
                                   details={"silent_s": round(t_now - st.tracks[dev].seen),
                                            "zones_in_force": in_force_now})
+    orders_expiring(judge, st, subject, s, now)
+    leaves_overrun(judge, st, subject, world, devices, now)
     st.ticked = t_now
     return [e for e in judge.events if e.action in (OPEN, CLEAR)]
+
+
+def orders_expiring(judge: Judge, st: SubjectState, subject: Subject, s: RuleSettings,
+                    now: datetime) -> None:
+    """order_expiring once per order, from `order_expiring_s` before its end; a renewal that
+    moves the end further away clears it (and a later approach raises it again)."""
+    for o in subject.orders or ():
+        r = st.rules.setdefault(keys.order(o.id), Rule())
+        warn_at = o.ends_at - timedelta(seconds=s.order_expiring_s)
+        details = {"order_id": o.id, "ends_at": o.ends_at.isoformat()}
+        if warn_at <= now < o.ends_at:
+            if force_open(r, now.timestamp()):
+                judge.emit(OPEN, "order_expiring", now, details=details)
+        elif now < warn_at and force_clear(r):
+            judge.emit(CLEAR, "order_expiring", now, details={**details, "reason": "renewed"})
+
+
+def leaves_overrun(judge: Judge, st: SubjectState, subject: Subject, world: World,
+                   devices: dict[str, DeviceKind], now: datetime) -> None:
+    """At a leave's end plus the grace period (once per leave): is the subject back inside the
+    inclusion zones in force then? Their last known positions decide; no position is not back.
+    With no inclusion zone in force then there is nothing to be back in, and no alert."""
+    for lv in subject.leaves:
+        due = lv.suspended_until
+        r = st.rules.setdefault(keys.leave(lv.id), Rule())
+        if lv.returned or due > now or r.st == "breach" or r.last >= due.timestamp():
+            continue
+        r.last = due.timestamp()  # looked at: a later trip away is not this leave's overrun
+        home = [c for c in world.zones.inclusion_for(subject)
+                if c.zone.leave_id is None and applies(c.zone, subject, due)]
+        if not home:
+            continue
+        tracks = [st.tracks[d] for d in devices if d in st.tracks and st.tracks[d].t]
+        last = max(tracks, key=lambda t: t.t, default=None)
+        back = last is not None and all(
+            c.depth_m(*c.frame.to_m(last.lon, last.lat)) >= -last.acc for c in home)
+        if not back and force_open(r, now.timestamp()):
+            r.last = due.timestamp()
+            pos = None if last is None else {
+                "lat": last.lat, "lon": last.lon, "acc": last.acc,
+                "ts": datetime.fromtimestamp(last.t, UTC).isoformat()}
+            judge.emit(OPEN, "leave_overrun", now, position=pos,
+                       details={"leave_id": lv.id, "ends_at": lv.ends_at.isoformat(),
+                                "due_back_at": due.isoformat(),
+                                "reason": "no position" if last is None else "not back"})
 
 
 def next_due(st: SubjectState, subject: Subject, world: World, s: RuleSettings,
@@ -111,6 +168,13 @@ def next_due(st: SubjectState, subject: Subject, world: World, s: RuleSettings,
             due = min(due, b)
         if c.zone.created_at > now:
             due = min(due, c.zone.created_at)
+    for o in subject.orders or ():
+        warn_at = o.ends_at - timedelta(seconds=s.order_expiring_s)
+        if warn_at > now:
+            due = min(due, warn_at)
+    for lv in subject.leaves:
+        if not lv.returned and lv.suspended_until > now:
+            due = min(due, lv.suspended_until)
     for dev, kind in subject.devices.items():
         t = st.tracks.get(dev)
         r = st.rules.get(keys.device(RuleKind.OFFLINE, dev))

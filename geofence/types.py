@@ -74,6 +74,35 @@ class Reject:
 
 
 @dataclass(frozen=True, slots=True)
+class Order:
+    """A monitoring order: the subject's rules run in [starts_at, ends_at) (the end is the
+    early end when there was one)."""
+
+    id: int
+    starts_at: datetime
+    ends_at: datetime
+
+    def in_force(self, t: datetime) -> bool:
+        return self.starts_at <= t < self.ends_at
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """An approved leave: from `starts_at` to `ends_at` (or the return) the destination is the
+    subject's inclusion zone; the subject's own inclusion zones and curfews are suspended until
+    `suspended_until` (the end plus the grace period to travel back, or the return)."""
+
+    id: int
+    starts_at: datetime
+    ends_at: datetime
+    suspended_until: datetime
+    returned: bool = False
+
+    def suspends(self, t: datetime) -> bool:
+        return self.starts_at <= t < self.suspended_until
+
+
+@dataclass(frozen=True, slots=True)
 class Subject:
     """What the rules need to know of a supervised person."""
 
@@ -81,6 +110,15 @@ class Subject:
     jurisdiction_path: tuple[int, ...]  # root first, own jurisdiction last
     timezone: str
     devices: dict[str, DeviceKind]
+    orders: tuple[Order, ...] | None = None  # None: no order recorded, monitored without limit
+    leaves: tuple[Leave, ...] = ()  # approved ones
+
+    def monitored(self, t: datetime) -> bool:
+        """Rules run only while an order is in force, once a subject has orders."""
+        return self.orders is None or any(o.in_force(t) for o in self.orders)
+
+    def on_leave(self, t: datetime) -> bool:
+        return any(lv.suspends(t) for lv in self.leaves)
 
 
 @dataclass(frozen=True, slots=True)

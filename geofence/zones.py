@@ -43,6 +43,7 @@ class Zone:
     subject_id: int | None = None
     schedule: tuple[Window, ...] | None = None
     deleted_at: datetime | None = None
+    leave_id: int | None = None  # the destination of an approved leave
 
     @property
     def is_curfew(self) -> bool:
@@ -58,12 +59,21 @@ class Zone:
         return self.jurisdiction_id in subject.jurisdiction_path
 
 
+def suspended(zone: Zone, subject: Subject, t: datetime) -> bool:
+    """No order in force (for a subject with orders), or an inclusion zone during a leave."""
+    return not subject.monitored(t) or (zone.kind == "inclusion" and zone.leave_id is None
+                                        and subject.on_leave(t))
+
+
 def applies(zone: Zone, subject: Subject, t: datetime) -> bool:
     """Whether `zone` binds `subject` at `t`: it is the subject's (own or of a jurisdiction
     above), it existed then (created, not yet deleted), and its schedule, read in the subject's
     time zone, is in force. The one answer evaluation and timers share, so that a late fix is
-    judged on the rules in force at its time; leave permits and monitoring orders plug in here."""
-    return (zone.applies_to(subject) and zone.exists_at(t)
+    judged on the rules in force at its time. Monitoring orders: nothing binds a subject who has
+    orders outside them. Leave: the subject's own inclusion zones and curfews are suspended
+    while a leave is in force (its destination, an inclusion zone of its own, binds instead);
+    exclusion zones still apply."""
+    return (not suspended(zone, subject, t) and zone.applies_to(subject) and zone.exists_at(t)
             and in_force(zone.schedule, ZoneInfo(subject.timezone), t))
 
 
@@ -164,11 +174,16 @@ def compile_zone(zone: Zone) -> CompiledZone:
 class ZoneIndex:
     """All zones, compiled once; exclusion zones found by an STRtree of their boxes."""
 
-    def __init__(self, zones: list[Zone], previous: ZoneIndex | None = None) -> None:
+    def __init__(self, zones: list[Zone], previous: ZoneIndex | None = None,
+                 history: list[Zone] = ()) -> None:
         """`previous`: an older index whose compiled zones are reused where unchanged, so that
-        enrolling a subject does not recompile thousands of zones."""
+        enrolling a subject does not recompile thousands of zones. `history`: earlier versions
+        of edited zones (same id; `created_at`..`deleted_at` is when each was in force)."""
         self.by_id: dict[int, CompiledZone] = {}
         self.errors: dict[int, str] = {}
+        self.history: dict[int, list[CompiledZone]] = {}
+        old_versions = {(c.zone.id, c.zone.created_at): c for cs in
+                        (previous.history.values() if previous else ()) for c in cs}
         for z in zones:
             old = previous.by_id.get(z.id) if previous else None
             if old is not None and old.zone == z:
@@ -178,7 +193,15 @@ class ZoneIndex:
                 self.by_id[z.id] = compile_zone(z)
             except ZoneError as e:  # stored before validation existed: skip it, say why
                 self.errors[z.id] = str(e)
-        self._spatial = [c for c in self.by_id.values() if c.zone.kind == "exclusion"
+        for z in history:
+            old = old_versions.get((z.id, z.created_at))
+            try:
+                c = old if old is not None and old.zone == z else compile_zone(z)
+            except ZoneError:
+                continue
+            self.history.setdefault(z.id, []).append(c)
+        past = [c for cs in self.history.values() for c in cs]
+        self._spatial = [c for c in (*self.by_id.values(), *past) if c.zone.kind == "exclusion"
                          or c.zone.schedule is not None]
         self._tree = shapely.STRtree([shapely.box(*c.bbox) for c in self._spatial])
         # Inclusion zones are judged wherever the subject is, so they are found by owner, not
@@ -204,6 +227,13 @@ class ZoneIndex:
         for p, h in zip(pts.tolist(), hits.tolist(), strict=True):
             out[p].append(self._spatial[h])
         return out
+
+    def at(self, zone_id: int, t: datetime) -> CompiledZone | None:
+        """The version of a zone in force at `t` (the current one if none was)."""
+        for c in self.history.get(zone_id, ()):
+            if c.zone.exists_at(t):
+                return c
+        return self.by_id.get(zone_id)
 
     def inclusion_for(self, subject: Subject) -> list[CompiledZone]:
         out = list(self._incl_subject.get(subject.id, ()))

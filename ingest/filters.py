@@ -12,12 +12,13 @@ those fixes are good and the newest becomes the reference. So one far fix can hi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from geofence.geodesy import haversine_m
-from geofence.types import Fix, Reject
+from geofence.types import Fix, Reject, Subject
 from ingest.decode import KEPT_PAYLOAD_BYTES
 
 
@@ -125,3 +126,20 @@ def judge_jumps(state: JumpState, fixes: list[Fix],
     judged = [replace(f, outlier=f.fix_time in flagged) if (f.fix_time in flagged) != f.outlier
               else f for f in fixes]
     return JumpState(newest, cands[-(settings.confirm_fixes - 1):] if cands else []), judged
+
+
+def outside_orders(fixes: Iterable[Fix], owner: Mapping[str, Sequence[int]],
+                   subjects: Mapping[int, Subject]) -> tuple[list[Fix], Counter[tuple[str, date]]]:
+    """Monitoring orders (contract §6): a fix taken while none of its device's subjects had an
+    order in force is neither judged nor kept as a position; only a count per device and UTC day
+    is kept. A device the world does not know yet, or one on no subject, keeps its fixes (the
+    registry check and the engine decide about those)."""
+    kept: list[Fix] = []
+    dropped: Counter[tuple[str, date]] = Counter()
+    for f in fixes:
+        owners = [subjects[s] for s in owner.get(f.device_id, ()) if s in subjects]
+        if owners and not any(s.monitored(f.fix_time) for s in owners):
+            dropped[(f.device_id, f.fix_time.astimezone(UTC).date())] += 1
+        else:
+            kept.append(f)
+    return kept, dropped

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import msgspec
 import numpy as np
@@ -21,13 +22,14 @@ from geofence.engine import World, evaluate
 from geofence.rules import RuleEvent, RuleSettings, SubjectState
 from geofence.schedule import parse_schedule
 from geofence.timers import next_due, tick
-from geofence.types import DeviceEvent, DeviceKind, Fix, Subject, VictimLink
+from geofence.types import DeviceEvent, DeviceKind, Fix, Leave, Order, Subject, VictimLink
 from geofence.zones import Zone, ZoneIndex
 from ingest import metrics
+from ingest.filters import outside_orders
 from ingest.settings import IngestSettings
 from ingest.state import StateError, SubjectStates
 from ingest.store import IngestStore, TransientError
-from ingest.store.world import WorldRows
+from ingest.store.world import WorldRows, count_unmonitored
 from tether import logs
 from tether.retry import Backoff
 
@@ -53,6 +55,10 @@ def load_state(subject_id: int, raw: bytes | None) -> SubjectState:
         return SubjectState()
 
 
+class HasFixes(Protocol):
+    fixes: list[Fix]
+
+
 class StateConflict(RuntimeError):
     """A subject's state kept changing under us; the batch is retried as a whole."""
 
@@ -62,26 +68,44 @@ def rule_settings(s: IngestSettings) -> RuleSettings:
     return RuleSettings(**s.model_dump(include=set(RuleSettings.model_fields)))
 
 
-def build_world(rows: WorldRows,
-                previous: World | None = None) -> tuple[World, dict[str, list[int]]]:
+def _zones(rows: list[tuple]) -> list[Zone]:
+    return [Zone(zid, name, kind, geom, jur, created, radius_m=radius, buffer_m=buffer,
+                 subject_id=sid, schedule=parse_schedule(sched), deleted_at=deleted,
+                 leave_id=leave)
+            for zid, name, kind, geom, radius, buffer, sid, jur, sched, created, deleted, leave
+            in rows]
+
+
+def build_world(rows: WorldRows, previous: World | None = None,
+                leave_grace_s: float = 1800.0) -> tuple[World, dict[str, list[int]]]:
     """Rows → domain types, zones compiled (CPU work: run it off the event loop)."""
-    zones = [Zone(zid, name, kind, geom, jur, created, radius_m=radius, buffer_m=buffer,
-                  subject_id=sid, schedule=parse_schedule(sched), deleted_at=deleted)
-             for zid, name, kind, geom, radius, buffer, sid, jur, sched, created, deleted
-             in rows.zones]
+    zones = _zones(rows.zones)
+    orders: dict[int, list[Order]] = defaultdict(list)
+    for oid, sid, start, end in rows.orders:
+        orders[sid].append(Order(oid, start, end))
+    leaves: dict[int, list[Leave]] = defaultdict(list)
+    grace = timedelta(seconds=leave_grace_s)
+    for lid, sid, start, end, returned in rows.leaves:
+        leaves[sid].append(Leave(lid, start, returned or end, returned or end + grace,
+                                 returned is not None))
     devices: dict[int, dict[str, DeviceKind]] = defaultdict(dict)
     owner: dict[str, list[int]] = defaultdict(list)
     for device_id, subject_id, kind in rows.devices:
+        if subject_id is None:  # on no subject: known (no reload for it), judged for no one
+            owner.setdefault(device_id, [])
+            continue
         devices[subject_id][device_id] = DeviceKind(kind)
         owner[device_id].append(subject_id)
-    subjects = {sid: Subject(sid, tuple(path), tz, devices.get(sid, {}))
+    subjects = {sid: Subject(sid, tuple(path), tz, devices.get(sid, {}),
+                             tuple(orders[sid]) if sid in orders else None,
+                             tuple(leaves.get(sid, ())))
                 for sid, path, tz in rows.subjects}
     victims: dict[int, list[VictimLink]] = defaultdict(list)
     for vid, sid, device_id, radius in rows.victims:
         victims[sid].append(VictimLink(vid, sid, device_id, radius))
         if sid not in owner[device_id]:  # a victim's fix is judged for each protected subject
             owner[device_id].append(sid)
-    index = ZoneIndex(zones, previous.zones if previous else None)
+    index = ZoneIndex(zones, previous.zones if previous else None, _zones(rows.zone_versions))
     for zid, why in index.errors.items():
         log.warning("zone cannot be judged", zone_id=zid, reason=why)
     return World(index, subjects, dict(victims)), dict(owner)
@@ -99,7 +123,8 @@ class Rules:
 
     async def reload(self) -> None:
         rows = await self.store.load_world()
-        self.world, self.owner = await asyncio.to_thread(build_world, rows, self.world)
+        self.world, self.owner = await asyncio.to_thread(build_world, rows, self.world,
+                                                         self.rs.leave_grace_s)
         self.loaded.set()
         # New zones or schedules may start windows now: every subject gets a look at once.
         await self.states.make_due(self.world.subjects, time.time(), only_new=False)
@@ -122,6 +147,20 @@ class Rules:
                 logs.still_running()
                 log.warning("world reload failed; retrying", error=str(e))
             await backoff.wait()
+
+    async def drop_unmonitored(self, messages: Sequence[HasFixes]) -> None:
+        """Takes out of each message the fixes dated outside every monitoring order of their
+        subjects (`ingest.filters.outside_orders`) and counts them per device and day, in one
+        statement for the batch. Called by the writer before the jump filter."""
+        await self.loaded.wait()
+        world, total = self.world, Counter()
+        for m in messages:
+            if m.fixes:
+                m.fixes, dropped = outside_orders(m.fixes, self.owner, world.subjects)
+                total.update(dropped)
+        if total:
+            async with self.store.pool.connection() as conn:
+                await count_unmonitored(conn, total)
 
     def _group(self, fixes: Sequence[Fix], events: Sequence[DeviceEvent]) -> tuple[dict, dict]:
         by_fix: dict[int, list[Fix]] = defaultdict(list)

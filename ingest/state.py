@@ -6,16 +6,25 @@ conditional on time, so a late upload never overwrites a newer position.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
+import msgspec
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from geofence.rules import SubjectState, Track
 from geofence.types import DeviceEvent, Fix
 from ingest.filters import JumpState, LastGood
+from tether import logs
+
+log = logs.get("ingest.state")
+# The same encoding as ingest/rules_runner.py's (msgspec JSON of SubjectState).
+_encode_state = msgspec.json.Encoder().encode
 
 StateError = RedisError
 
@@ -263,3 +272,109 @@ async def drop_prefix(redis_url: str, prefix: str) -> int:
         return len(keys)
     finally:
         await client.aclose()
+
+
+# Rule state belongs to one database. `{prefix}bound` holds that database's identity
+# (ingest.store.admin.database_identity): absent, Redis lost its state (a flush, a restart
+# without AOF, a new Redis); another value, the state is another database's (a database
+# recreated or restored, ids starting again). Either way the state is rebuilt from PostgreSQL.
+_BIND = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then return 'same' end
+if not cur then return 'lost' end
+return 'foreign'
+"""
+
+
+class StateBinding:
+    """Checks, at start and periodically, that Redis holds this database's rule state."""
+
+    def __init__(self, states: SubjectStates, identity: str) -> None:
+        self.states = states
+        self.client = states.client
+        self.identity = identity
+        self.key = f"{states.prefix}bound"
+        self._bind = self.client.register_script(_BIND)
+        self._seed = self.client.register_script(_SEED)
+
+    async def check(self) -> str:
+        """'same', 'lost' (no state kept: rebuild) or 'foreign' (another database's: drop,
+        then rebuild)."""
+        return (await self._bind(keys=[self.key], args=[self.identity])).decode()
+
+    async def drop_foreign(self) -> int:
+        """Delete the rule and device state of whichever database owned this prefix before."""
+        p = self.states.prefix
+        n = 0
+        for pattern in (f"{p}dev:*", f"{p}subj:*"):
+            keys = [k async for k in self.client.scan_iter(match=pattern, count=1000)]
+            for i in range(0, len(keys), 1000):
+                n += await self.client.delete(*keys[i:i + 1000])
+        return n + await self.client.delete(self.states.due_key)
+
+    async def seed(self, seeds: Sequence[tuple[int, bytes]], due: float) -> int:
+        """Each (subject, encoded state) where no state is kept, every subject due by `due`;
+        then mark the prefix as this database's. Returns how many states were seeded."""
+        seeded = 0
+        for i in range(0, len(seeds), 500):
+            part = seeds[i:i + 500]
+            keys = [self.states.key(s) for s, _ in part] + [self.states.due_key]
+            args: list = [len(part)]
+            for subject_id, raw in part:
+                args += [raw, repr(due)]
+            seeded += int(await self._seed(keys=keys, args=[*args, *(s for s, _ in part)]))
+        await self.client.set(self.key, self.identity)
+        return seeded
+
+    async def ensure(self, load_rows: Callable[[], Awaitable[list[tuple]]]) -> str:
+        """One check; when the state is lost or foreign, rebuild it from `load_rows`
+        (ingest.store.admin.last_heard: what was last heard from each device) and make every
+        subject due now, so silence and schedules are judged again within a tick."""
+        found = await self.check()
+        if found == "same":
+            return found
+        if found == "foreign":
+            dropped = await self.drop_foreign()
+            log.warning("rule state belonged to another database; dropped", keys=dropped)
+        rows = await load_rows()
+        seeded = await self.seed(tracks_from(rows), time.time())
+        log.warning("rule state rebuilt from the database", found=found, subjects=seeded)
+        return found
+
+    async def run(self, load_rows: Callable[[], Awaitable[list[tuple]]],
+                  interval_s: float) -> None:
+        """Periodically: a Redis flushed or replaced while workers run is noticed within
+        `interval_s`, not at the next restart."""
+        while True:
+            try:
+                await self.ensure(load_rows)
+            except (RedisError, OSError) as e:
+                log.warning("rule state check postponed", error=str(e))
+            await asyncio.sleep(interval_s)
+
+
+def tracks_from(rows: Iterable[tuple]) -> list[tuple[int, bytes]]:
+    """Encoded rule states holding only each device's track (last good fix, last heard)."""
+    states: dict[int, SubjectState] = {}
+    for subject_id, device_id, t, lat, lon, acc, seen in rows:
+        st = states.setdefault(subject_id, SubjectState())
+        st.tracks[device_id] = Track(t=t or 0.0, lat=lat or 0.0, lon=lon or 0.0,
+                                     acc=acc or 0.0, seen=seen or 0.0)
+    return [(sid, _encode_state(st)) for sid, st in states.items()]
+
+
+# Seed a subject's state only where none is kept (a live worker's state wins); due by ARGV's
+# time. ARGV: n, then (state, due) per subject, then the subject ids (the due set's members).
+_SEED = """
+local n = tonumber(ARGV[1])
+local due = KEYS[n + 1]
+local seeded = 0
+for i = 1, n do
+  if redis.call('HSETNX', KEYS[i], 's', ARGV[2 * i]) == 1 then
+    redis.call('HSET', KEYS[i], 'v', 1)
+    seeded = seeded + 1
+  end
+  redis.call('ZADD', due, 'LT', ARGV[2 * i + 1], ARGV[1 + 2 * n + i])
+end
+return seeded
+"""

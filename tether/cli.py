@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import sys
 
 from tether import logs
@@ -66,25 +65,45 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fleet_spec(args: argparse.Namespace, s: Settings, api_url: str, username: str,
+                password: str):
+    from simulators.fleet import FleetSpec
+    from simulators.geo import Area
+    from simulators.scenarios import Timing, parse_mix
+    try:
+        area, mix = Area.parse(args.area), parse_mix(args.scenarios)
+    except ValueError as e:
+        raise SystemExit(f"tether {args.command}: {e}") from e
+    timing = Timing(s.separation_dwell_s, s.offline_wearable_s, s.late_after_s,
+                    s.tick_interval_s)
+    return FleetSpec(api_url, username, password, s.owntracks_root, args.subjects,
+                     args.interval, getattr(args, "duration", None), area, mix, timing,
+                     args.seed, getattr(args, "prefix", "") or "",
+                     progress=not getattr(args, "quiet", False))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from api.store.demo import add_user, seed_demo
+    from api.store.demo import add_user
     from ingest.store import migrate
-    from simulators.fleet import make_fleet
 
     s = _settings(args)
     migrate(s.database_url, s.migrations_dir)
-    devices = make_fleet("demo-", args.devices, (31.2304, 121.4737), 5000, random.Random(7))
-    seed_demo(s.database_url, [d.device_id for d in devices])
     password = os.environ.get("TETHER_DEMO_PASSWORD", "tether-demo")
     asyncio.run(add_user(s.database_url, _user_fields("admin", password, "admin", None),
                          exist_ok=True))
-    print(f"Tether demo: {len(devices)} simulated trackers reporting every {args.interval} s\n"
-          f"  API       http://{s.http_host}:{s.http_port}/docs\n"
-          f"  metrics   http://{s.http_host}:{s.http_port}/metrics\n"
-          f"  login     admin / {password} (POST /api/auth/token; TETHER_DEMO_PASSWORD)\n"
+    base = f"http://{s.http_host}:{s.http_port}"
+    spec = _fleet_spec(args, s, base, "admin", password)
+    spec.progress = False
+    print(f"Tether demo: {spec.subjects} simulated subjects (phones, wearables, OwnTracks)"
+          f" reporting every {args.interval} s, scenarios {args.scenarios}\n"
+          f"  map       {base}/\n"
+          f"  officer   {base}/officer\n"
+          f"  API       {base}/docs\n"
+          f"  metrics   {base}/metrics\n"
+          f"  login     admin / {password} (TETHER_DEMO_PASSWORD)\n"
           f"  database  psql {s.database_url} -c 'select count(*) from fixes'\n"
           "Ctrl-C stops it.", flush=True)
-    _run(serve(s, True, True, (devices, args.interval)))
+    _run(serve(s, True, True, (spec, args.interval)))
     return 0
 
 
@@ -98,20 +117,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.engine:
         from geofence.bench import main as engine_main
         return engine_main(args.subjects, args.zones)
-    from tether.bench.ingest import main as bench_main
     s = _settings(args)
+    if args.duration is not None:
+        from tether.bench.saturate import main as saturate_main
+        return saturate_main(s, args)
+    from tether.bench.ingest import main as bench_main
     return bench_main(s, args)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulators.fleet import make_fleet, run_fleet
+    import json
+
+    from simulators.fleet import simulate
 
     s = _settings(args)
-    devices = make_fleet(args.prefix, args.devices, (31.2304, 121.4737), 5000,
-                         random.Random(args.seed))
-    _run(run_fleet(s.mqtt_url, s.mqtt_root, devices, args.interval,
-                   args.duration, args.seed))
-    return 0
+    if args.rate:
+        args.interval = max(args.subjects / args.rate, 0.2)
+    password = args.password or os.environ.get("TETHER_SIM_PASSWORD", "")
+    spec = _fleet_spec(args, s, args.api_url or f"http://{s.http_host}:{s.http_port}",
+                       args.username, password)
+    print(f"tether simulate: {spec.subjects} subjects, one fix each every {args.interval:g} s,"
+          f" {args.duration:g} s, scenarios {dict(spec.mix) or 'none'}", file=sys.stderr)
+    try:
+        import uvloop
+        out = uvloop.run(simulate(spec, s.mqtt_url, s.mqtt_root))
+    except ImportError:
+        out = asyncio.run(simulate(spec, s.mqtt_url, s.mqtt_root))
+    summary = {**out.summary(), "messages": out.fixes_sent}
+    print(f"ground truth: expected {out.expected}, raised {out.raised}, "
+          f"missed {len(out.missed)}, spurious {len(out.spurious)}")
+    for m in out.matched:
+        print(f"  ok       {m['type']:<18} {m['subject']}  due {m['due_s']} s,"
+              f" opened {m['opened_s']} s{'  late' if m['late'] else ''}")
+    for m in out.missed:
+        print(f"  MISSED   {m['type']:<18} {m['subject']}  due {m['due_s']} s")
+    for m in out.spurious:
+        print(f"  SPURIOUS {m['type']:<18} {m['subject']}  alert {m['id']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**summary, "matched": out.matched, "missed_list": out.missed,
+                       "spurious_list": out.spurious}, f, indent=2)
+    return 0 if not out.missed and not out.spurious else 1
 
 
 def _user_fields(name: str, password: str, role: str, jurisdiction: int | None) -> dict:
@@ -143,6 +189,17 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fleet_args(sp: argparse.ArgumentParser, subjects: int, interval: float,
+                scenarios: str) -> None:
+    sp.add_argument("--subjects", "--devices", type=int, default=subjects)
+    sp.add_argument("--interval", type=float, default=interval,
+                    help="seconds between one device's fixes")
+    sp.add_argument("--scenarios", default=scenarios,
+                    help="scripted violations: 'all', 'all=2', 'exclusion=3,near_miss=5', ''")
+    sp.add_argument("--area", default="31.2304,121.4737,8000", help="lat,lon,radius_m")
+    sp.add_argument("--seed", type=int, default=1)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tether", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -165,22 +222,42 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--client-id", help="MQTT client id of this worker (one per worker)")
         sp.add_argument("--metrics-port", type=int, help="(ingest) serve /metrics here")
     sp = add("demo", cmd_demo, "seed a demo fleet and run everything")
-    sp.add_argument("--devices", type=int, default=200)
-    sp.add_argument("--interval", type=float, default=5.0)
+    _fleet_args(sp, subjects=200, interval=5.0, scenarios="all")
     sp.add_argument("--host")
     sp.add_argument("--port", type=int)
-    sp = add("simulate", cmd_simulate, "run a simulated fleet against the broker")
-    sp.add_argument("--devices", type=int, default=100)
-    sp.add_argument("--interval", type=float, default=60.0)
-    sp.add_argument("--duration", type=float)
-    sp.add_argument("--prefix", default="sim-")
-    sp.add_argument("--seed", type=int, default=1)
+    sp = add("simulate", cmd_simulate, "run a simulated fleet against a running Tether and "
+             "check its scripted violations against GET /api/alerts")
+    _fleet_args(sp, subjects=100, interval=5.0, scenarios="all")
+    sp.add_argument("--rate", type=float, help="fixes per second in all (sets --interval)")
+    sp.add_argument("--duration", type=float, default=120.0, help="seconds")
+    sp.add_argument("--prefix", default="", help="device id prefix (default: random)")
+    sp.add_argument("--api-url", help="default http://TETHER_HTTP_HOST:TETHER_HTTP_PORT")
+    sp.add_argument("--username", default="admin")
+    sp.add_argument("--password", help="default $TETHER_SIM_PASSWORD")
+    sp.add_argument("--json", help="write the ground-truth check here")
+    sp.add_argument("--quiet", action="store_true", help="no progress display")
     sp = add("bench", cmd_bench, "measure ingest throughput against raw baselines")
     sp.add_argument("--fixes", type=int, default=60_000)
     sp.add_argument("--batch", type=int, default=50,
                     help="also measure with this many fixes per MQTT message (a batch array)")
     sp.add_argument("--devices", type=int, default=1000)
-    sp.add_argument("--json", action="store_true", help="also print the raw numbers as JSON")
+    sp.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                    help="write the numbers as JSON to PATH (alone: print them)")
+    sp.add_argument("--duration", type=float, help="rise to saturation, then hold the highest "
+                    "sustained rate this many seconds, with zones, truth and baselines "
+                    "(docs/bench.md); without it, the drain bench of --fixes/--batch")
+    sp.add_argument("--workers", type=int, default=2, help="(--duration) tether ingest "
+                    "processes on the shared subscription")
+    sp.add_argument("--generators", type=int, default=2, help="(--duration) load processes")
+    sp.add_argument("--start-rate", type=float, default=2000.0)
+    sp.add_argument("--max-rate", type=float, default=40_000.0)
+    sp.add_argument("--step-s", type=float, default=8.0, help="(--duration) per rise step")
+    sp.add_argument("--baseline-s", type=float, default=8.0)
+    sp.add_argument("--near-misses", type=int, default=20)
+    sp.add_argument("--copy-rows", type=int, default=200_000)
+    sp.add_argument("--settle-s", type=float, default=3.0)
+    sp.add_argument("--metrics-port", type=int, default=19400,
+                    help="(--duration) first of the workers' metrics ports")
     sp.add_argument("--engine", action="store_true",
                     help="the rules engine alone (no I/O): --subjects against --zones")
     sp.add_argument("--correlate", action="store_true",

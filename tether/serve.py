@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
+import signal
+import socket
+import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -24,15 +28,21 @@ API_STOP_S = 5.0  # on shutdown, open requests and sockets get this long to fini
 
 
 def parts(s: Settings, health: Health, with_ingest: bool, with_api: bool,
-          fleet: tuple[list, float] | None = None) -> dict[str, Part]:
+          fleet: tuple[list, float] | None = None, workers: int = 1) -> dict[str, Part]:
     """What one process runs, by name. Each part builds its resources afresh when it starts,
-    so a restart after a failure begins clean."""
+    so a restart after a failure begins clean. `workers` > 1: that many ingest processes, each
+    a child of this one (a worker per core; Python holds one core per process)."""
     found: dict[str, Part] = {}
     if with_api:
         found["api"] = functools.partial(_api, s, health)
         found["alerts-delivery"] = functools.partial(_delivery, s)
-    if with_ingest:
+    if with_ingest and workers > 1:
+        for slot in range(workers):
+            found[f"ingest-worker-{slot}"] = functools.partial(_child_worker, s, slot)
+    elif with_ingest:
         found["ingest"] = functools.partial(_ingest, s, health)
+    if with_ingest:
+        found["rule-state-guard"] = functools.partial(_state_guard, s)
     if fleet:
         from simulators.fleet import run_fleet
         devices, interval = fleet
@@ -50,10 +60,54 @@ async def run_parts(named: dict[str, Part], health: Health, max_backoff_s: float
 
 
 async def serve(s: Settings, with_ingest: bool, with_api: bool,
-                 fleet: tuple[list, float] | None = None, health: Health | None = None) -> None:
+                 fleet: tuple[list, float] | None = None, health: Health | None = None,
+                 workers: int = 1) -> None:
+    """Until cancelled, or until SIGTERM/SIGINT: both cancel every part, so each closes what
+    it holds (the ingest worker's unacknowledged messages stay with the broker and come back
+    to the next worker: a stop never loses a fix)."""
     health = health if health is not None else Health()
-    await run_parts(parts(s, health, with_ingest, with_api, fleet), health,
-                    s.task_restart_max_s)
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    stoppable = me is not None and _main_thread()
+    if stoppable:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, me.cancel)
+    try:
+        await run_parts(parts(s, health, with_ingest, with_api, fleet, workers), health,
+                        s.task_restart_max_s)
+    except asyncio.CancelledError:
+        log.info("stopped")
+    finally:
+        if stoppable:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def ingest_identity(s: Settings, slot: int = 0) -> Settings:
+    """What an ingest worker logs in as, found at its start (blocking: run in a thread).
+
+    - The broker login: a URL without a user gets the setup's service account, if the
+      database records one (contract section 4); a URL with a user is used as given.
+    - The client id: TETHER_MQTT_CLIENT_ID if set; else one per host, database and worker slot,
+      `tether-{host}-{database id}-w{slot}`. Stable across restarts on purpose: the broker keeps
+      the worker's persistent session (its queued and unacknowledged messages) under that id,
+      and a restarted worker takes it back; a random id would strand them (docs/scaling.md).
+      The database id keeps two deployments sharing a broker from taking each other's session.
+    """
+    from api.store.credentials import service_url
+    from ingest.store.admin import database_identity
+
+    update: dict[str, object] = {"mqtt_url": service_url(s.database_url, s.mqtt_url)}
+    if "mqtt_client_id" not in s.model_fields_set:
+        host = socket.gethostname().split(".")[0][:24] or "host"
+        update["mqtt_client_id"] = f"tether-{host}-{database_identity(s.database_url)[:8]}" \
+                                   f"-w{slot}"
+    return s.model_copy(update=update)
 
 
 async def _api(s: Settings, health: Health) -> None:
@@ -92,11 +146,70 @@ async def _delivery(s: Settings) -> None:
         await deliverer.run()
 
 
-async def _ingest(s: Settings, health: Health) -> None:
+async def _ingest(s: Settings, health: Health, slot: int = 0) -> None:
     from ingest.runner import ingest_worker
+    # Found afresh on each start: a database down now fails the part, which retries.
+    s = await asyncio.to_thread(ingest_identity, s, slot)
+    log.info("ingest identity", client_id=s.mqtt_client_id)
+    async with _binding(s) as (binding, load_rows):
+        await binding.ensure(load_rows)  # judge nothing against another database's state
     # The worker supervises its own parts (writer, timers, ...) and reports them in `health`.
     async with ingest_worker(s, health) as worker:
         await worker.run()
+
+
+STATE_CHECK_S = 5.0  # a Redis flushed under running workers is rebuilt within this
+
+
+@contextlib.asynccontextmanager
+async def _binding(s: Settings):
+    from ingest.state import DeviceState, StateBinding, SubjectStates
+    from ingest.store.admin import database_identity, last_heard
+
+    identity = await asyncio.to_thread(database_identity, s.database_url)
+    state = DeviceState(s.redis_url, s.redis_prefix)
+    try:
+        yield (StateBinding(SubjectStates(state), identity),
+               functools.partial(asyncio.to_thread, last_heard, s.database_url))
+    finally:
+        await state.close()
+
+
+async def _state_guard(s: Settings) -> None:
+    """Rule state in Redis is this database's, and is rebuilt from PostgreSQL when lost."""
+    async with _binding(s) as (binding, load_rows):
+        await binding.run(load_rows, STATE_CHECK_S)
+
+
+CHILD_STOP_S = 15.0  # a child worker's graceful stop: its batch committed and acked, or left
+
+
+async def _child_worker(s: Settings, slot: int) -> None:
+    """One ingest worker as a child process (`tether ingest`), restarted by the supervisor
+    when it exits; cancelled: SIGTERM, then SIGKILL after CHILD_STOP_S."""
+    env = dict(os.environ)
+    if "mqtt_client_id" in s.model_fields_set:
+        env["TETHER_MQTT_CLIENT_ID"] = f"{s.mqtt_client_id}-w{slot}"
+    else:
+        env["TETHER_MQTT_CLIENT_ID"] = (await asyncio.to_thread(ingest_identity, s, slot)
+                                        ).mqtt_client_id
+    for name in ("database_url", "redis_url", "mqtt_url", "redis_prefix"):
+        env[f"TETHER_{name.upper()}"] = str(getattr(s, name))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; from tether.cli import main; sys.exit(main())",
+        "ingest", env=env)
+    try:
+        code = await proc.wait()
+    except asyncio.CancelledError:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), CHILD_STOP_S)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        raise
+    raise RuntimeError(f"ingest worker {slot} exited with {code}")
 
 
 @contextlib.asynccontextmanager

@@ -66,7 +66,8 @@ async def audit(cur: psycopg.AsyncCursor, who: Principal | None, action: str, ob
     await cur.execute(
         "INSERT INTO audit_log (user_id, action, object_type, object_id, before, after)"
         " VALUES (%s, %s, %s, %s, %s, %s)",
-        (who.id if who else None, action, object_type, str(object_id),
+        (who.id if who else None, action, object_type,
+         None if object_id is None else str(object_id),
          Jsonb(_jsonable(before)) if before is not None else None,
          Jsonb(_jsonable(after)) if after is not None else None))
 

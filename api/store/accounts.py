@@ -27,9 +27,14 @@ async def user_for_login(cur: AsyncCursor, username: str) -> dict | None:
     return await cur.fetchone()
 
 
-async def principal(cur: AsyncCursor, user_id: int) -> Principal | None:
+async def principal(cur: AsyncCursor, user_id: int,
+                    issued_at: float | None = None) -> Principal | None:
+    """The user of a token issued at `issued_at`: None if disabled, gone, or if the sessions
+    were ended (password change, disabling) after the token was issued."""
     await cur.execute("SELECT id, username, role, jurisdiction_id FROM users"
-                      " WHERE id = %s AND NOT disabled", (user_id,))
+                      " WHERE id = %(id)s AND NOT disabled AND (sessions_valid_after IS NULL"
+                      " OR to_timestamp(%(iat)s::float8) >= sessions_valid_after)",
+                      {"id": user_id, "iat": issued_at})
     row = await cur.fetchone()
     return Principal(**row) if row else None
 

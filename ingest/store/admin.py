@@ -103,3 +103,40 @@ def drop_database(admin_url: str, name: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             psycopg.sql.Identifier(name)))
+
+
+def database_identity(database_url: str) -> str:
+    """Which database this is, made by `tether migrate` (migration 010) and bound to the
+    database's own oid, so a database dropped and restored under the same name (ids start
+    again) is a different one. Rule state in Redis is bound to it (ingest/state.py)."""
+    try:
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute("SELECT i.id::text || '-' || d.oid::text FROM tether_instance i,"
+                               " pg_database d WHERE d.datname = current_database()").fetchone()
+    except psycopg.errors.UndefinedTable as e:
+        raise RuntimeError("the database has no identity yet: run `tether migrate`") from e
+    return hashlib.sha256(row[0].encode()).hexdigest()[:16]
+
+
+# The last thing heard from each monitored device, from the fixes and events themselves: what
+# rebuilds the rule state (tracks, hence silence checks) when Redis lost it. Two index lookups
+# per device on (device_id, time), not a scan of the hypertables.
+_LAST_HEARD = """
+SELECT d.subject_id, d.id, extract(epoch FROM g.fix_time)::float8, g.lat, g.lon,
+       coalesce(g.accuracy_m, 0)::float8,
+       extract(epoch FROM greatest(f.received_at, e.received_at))::float8
+FROM devices d
+LEFT JOIN LATERAL (SELECT fix_time, lat, lon, accuracy_m FROM fixes
+                   WHERE device_id = d.id AND NOT outlier ORDER BY fix_time DESC LIMIT 1) g ON true
+LEFT JOIN LATERAL (SELECT received_at FROM fixes WHERE device_id = d.id
+                   ORDER BY fix_time DESC LIMIT 1) f ON true
+LEFT JOIN LATERAL (SELECT received_at FROM device_events WHERE device_id = d.id
+                   ORDER BY event_time DESC LIMIT 1) e ON true
+WHERE d.subject_id IS NOT NULL AND (f.received_at IS NOT NULL OR e.received_at IS NOT NULL)
+"""
+
+
+def last_heard(database_url: str) -> list[tuple]:
+    """(subject id, device id, good fix epoch or None, lat, lon, acc, last heard epoch)."""
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(_LAST_HEARD).fetchall()

@@ -126,6 +126,8 @@ async def test_sigkilled_worker_loses_no_received_fix(settings: Settings, db, re
            "TETHER_MQTT_SHARE_GROUP": settings.mqtt_share_group,
            "TETHER_REDIS_PREFIX": settings.redis_prefix, "TETHER_LOG_LEVEL": "INFO"}
 
+    drains: list[asyncio.Task] = []
+
     async def start() -> asyncio.subprocess.Process:
         p = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tether.cli", "ingest", env=env,
@@ -133,6 +135,8 @@ async def test_sigkilled_worker_loses_no_received_fix(settings: Settings, db, re
         async with asyncio.timeout(20):
             while b"mqtt connected" not in await p.stderr.readline():
                 pass
+        # Keep reading its log: a full pipe would block the worker on its next log line.
+        drains.append(asyncio.create_task(p.stderr.read(), name="test-worker-log"))
         return p
 
     try:
@@ -152,3 +156,4 @@ async def test_sigkilled_worker_loses_no_received_fix(settings: Settings, db, re
             await worker.wait()
     finally:
         await proxy.stop()
+        await asyncio.gather(*drains, return_exceptions=True)
