@@ -10,7 +10,8 @@ def _severity() -> dict[str, str]:
             "strap_tamper": "critical", "inclusion_exit": "high", "curfew": "high",
             "device_separation": "high", "location_spoofing": "high",
             "exclusion_buffer": "medium", "device_offline": "medium",
-            "tracking_impaired": "medium", "battery_low": "low"}
+            "tracking_impaired": "medium", "battery_low": "low", "leave_overrun": "high",
+            "order_expiring": "low"}
 
 
 class AlertSettings(BaseModel):

@@ -239,29 +239,29 @@ async def _leave_move(leave_id: int, action: str, note: str | None, who: Princip
 
 @router.post("/leaves/{leave_id}/approve", response_model=mc.Leave, tags=["leave"],
              responses=CONFLICT)
-async def approve_leave(leave_id: PathId, body: models.NoteIn, who: User, db: Store,
-                        request: Request) -> dict:
+async def approve_leave(leave_id: PathId, who: User, db: Store, request: Request,
+                        body: models.NoteIn | None = None) -> dict:
     """While the leave is in force the destination replaces the subject's inclusion zones and
     curfews; exclusion zones and victim links still apply."""
-    return await _leave_move(leave_id, "approve", body.note, who, db, request)
+    return await _leave_move(leave_id, "approve", body and body.note, who, db, request)
 
 
 @router.post("/leaves/{leave_id}/reject", response_model=mc.Leave, tags=["leave"],
              responses=CONFLICT)
-async def reject_leave(leave_id: PathId, body: models.NoteIn, who: User, db: Store,
-                       request: Request) -> dict:
-    return await _leave_move(leave_id, "reject", body.note, who, db, request)
+async def reject_leave(leave_id: PathId, who: User, db: Store, request: Request,
+                       body: models.NoteIn | None = None) -> dict:
+    return await _leave_move(leave_id, "reject", body and body.note, who, db, request)
 
 
 @router.post("/leaves/{leave_id}/cancel", response_model=mc.Leave, tags=["leave"],
              responses=CONFLICT)
-async def cancel_leave(leave_id: PathId, body: models.NoteIn, who: User, db: Store,
-                       request: Request) -> dict:
-    return await _leave_move(leave_id, "cancel", body.note, who, db, request)
+async def cancel_leave(leave_id: PathId, who: User, db: Store, request: Request,
+                       body: models.NoteIn | None = None) -> dict:
+    return await _leave_move(leave_id, "cancel", body and body.note, who, db, request)
 
 
 @router.post("/leaves/{leave_id}/return", response_model=mc.Leave, tags=["leave"],
              responses=CONFLICT)
-async def return_from_leave(leave_id: PathId, body: models.NoteIn, who: User, db: Store,
-                            request: Request) -> dict:
-    return await _leave_move(leave_id, "return", body.note, who, db, request)
+async def return_from_leave(leave_id: PathId, who: User, db: Store, request: Request,
+                            body: models.NoteIn | None = None) -> dict:
+    return await _leave_move(leave_id, "return", body and body.note, who, db, request)

@@ -138,8 +138,8 @@ async def watch_session(ws: WebSocket, session: Session, recheck_s: float,
             await asyncio.sleep(min(recheck_s, RECHECK_RETRY_S))
             continue
         if who is None:
-            log.warning("websocket closed: user disabled or sessions ended", user=session.who.username,
-                        path=ws.url.path)
+            log.warning("websocket closed: user disabled or sessions ended",
+                        user=session.who.username, path=ws.url.path)
             await _close(ws, 1008, "user disabled or sessions ended: log in again")
         if who != session.who:
             session.who = who

@@ -50,6 +50,8 @@ class RuleSettings(BaseModel):
     late_after_s: float = Field(60.0, description="a fix received later than this is 'late'")
     leave_grace_s: float = Field(1800.0, description="after a leave's end, this long to be "
                                  "back home before leave_overrun")
+    leave_travel_s: float = Field(1800.0, description="after a leave's start, this long to "
+                                  "reach the destination before it binds")
     order_expiring_s: float = Field(7 * 86_400.0, description="an order ending within this "
                                     "raises order_expiring (once)")
 

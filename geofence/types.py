@@ -97,9 +97,13 @@ class Leave:
     ends_at: datetime
     suspended_until: datetime
     returned: bool = False
+    arrive_by: datetime | None = None  # the destination binds from then (travel time)
 
     def suspends(self, t: datetime) -> bool:
         return self.starts_at <= t < self.suspended_until
+
+    def travelling(self, t: datetime) -> bool:
+        return self.arrive_by is not None and t < self.arrive_by
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,10 @@ class Subject:
 
     def on_leave(self, t: datetime) -> bool:
         return any(lv.suspends(t) for lv in self.leaves)
+
+    def travelling(self, leave_id: int, t: datetime) -> bool:
+        """On the way to a leave's destination, which does not bind yet."""
+        return any(lv.id == leave_id and lv.travelling(t) for lv in self.leaves)
 
 
 @dataclass(frozen=True, slots=True)

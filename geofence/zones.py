@@ -60,9 +60,11 @@ class Zone:
 
 
 def suspended(zone: Zone, subject: Subject, t: datetime) -> bool:
-    """No order in force (for a subject with orders), or an inclusion zone during a leave."""
-    return not subject.monitored(t) or (zone.kind == "inclusion" and zone.leave_id is None
-                                        and subject.on_leave(t))
+    """No order in force (for a subject with orders), an inclusion zone during a leave, or a
+    leave's destination while the subject may still be on the way there."""
+    if zone.leave_id is not None:
+        return not subject.monitored(t) or subject.travelling(zone.leave_id, t)
+    return not subject.monitored(t) or (zone.kind == "inclusion" and subject.on_leave(t))
 
 
 def applies(zone: Zone, subject: Subject, t: datetime) -> bool:

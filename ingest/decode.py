@@ -5,16 +5,33 @@ Never raises for bad input: every problem becomes a `Reject` with a reason an op
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Any, Literal
 
 import msgspec
 
 from geofence.datum import to_wgs84
 from geofence.types import DEVICE_ID_PATTERN, Datum, DeviceEvent, Fix, Reject
+from ingest.bounds import (
+    DEFAULT_LIMITS,
+    MAX_REASON,
+    Accuracy,
+    Altitude,
+    DecodeError,
+    Degrees,
+    EventType,
+    Lat,
+    Limits,
+    Lon,
+    Percent,
+    Seq,
+    Speed,
+    SpeedKmh,
+    Stamp,
+    check_kept,
+)
 
 MAX_PAYLOAD_BYTES = 256 * 1024  # larger messages are rejected whole
 MAX_BATCH_ITEMS = 500
@@ -24,38 +41,6 @@ EVENT_TYPES = frozenset({
     "strap_open", "strap_closed", "tamper", "battery_low", "charger_on", "charger_off",
     "power_off", "sos", "heartbeat",
 })
-# Epoch seconds outside this range are a device clock bug (often milliseconds sent as seconds).
-_MIN_EPOCH = 946684800.0  # 2000-01-01
-_MAX_EPOCH = 4102444800.0  # 2100-01-01
-# Kept data (OwnTracks extras, event data) goes to jsonb and to officers' screens: nesting and
-# integers are bounded here, so no later stage (jsonb, json.dumps, a recursive walk) can fail.
-MAX_DEPTH = 16
-MAX_INT = 2**63 - 1
-MAX_REASON = 500
-
-# Every number is bounded where it is decoded, so no later sum or product can overflow to inf
-# (which msgspec would save as null in the rule state, and which float4 columns refuse).
-Lat = Annotated[float, msgspec.Meta(ge=-90, le=90)]
-Lon = Annotated[float, msgspec.Meta(ge=-180, le=180)]
-Accuracy = Annotated[float, msgspec.Meta(ge=0, le=100_000)]  # 100 km: coarser is no fix
-Altitude = Annotated[float, msgspec.Meta(ge=-20_000, le=100_000)]
-Speed = Annotated[float, msgspec.Meta(ge=0, le=2_000)]  # m/s; above any vehicle on the ground
-SpeedKmh = Annotated[float, msgspec.Meta(ge=0, le=7_200)]
-Degrees = Annotated[float, msgspec.Meta(ge=0, le=360)]
-Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
-Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]  # the column is int8
-EventType = Annotated[str, msgspec.Meta(max_length=64)]
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Timestamps accepted, relative to when the message was received (the decoder is pure)."""
-
-    max_age: timedelta = timedelta(days=400)  # the retention: older would be dropped at once
-    max_future: timedelta = timedelta(minutes=5)
-
-
-DEFAULT_LIMITS = Limits()
 
 
 class _NativeFix(msgspec.Struct):
@@ -97,10 +82,6 @@ _OT_LOCATION_KEYS = frozenset({"_type", "tst", "lat", "lon", "acc", "alt", "vel"
 _NATIVE_EVENT_KEYS = frozenset({"type", "ts", "lat", "lon", "batt"})
 
 
-class DecodeError(ValueError):
-    """Bad input, with a reason fit for the rejects list."""
-
-
 @dataclass(frozen=True, slots=True)
 class Topics:
     root: str = "tether/v1"
@@ -137,7 +118,7 @@ def decode_message(
         return reject(f"oversize: {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     if not payload.strip():
         return reject("empty payload")
-    stamp = _Stamp(received_at, limits)
+    stamp = Stamp(received_at, limits)
     try:
         if route == "loc":
             _native_fixes(payload, device_id, received_at, stamp, out, reject)
@@ -197,69 +178,6 @@ def _reason(e: BaseException) -> str:
     return f"undecodable: {type(e).__name__}: {e}"
 
 
-class _Stamp:
-    """Device timestamps to UTC, bounded to [received - retention, received + future limit]."""
-
-    __slots__ = ("at", "newest", "oldest")
-
-    def __init__(self, received_at: datetime, limits: Limits) -> None:
-        self.at = received_at
-        self.oldest = received_at - limits.max_age
-        self.newest = received_at + limits.max_future
-
-    def __call__(self, ts: datetime | float, where: str = "ts") -> datetime:
-        if isinstance(ts, datetime):
-            if ts.tzinfo is None:
-                raise DecodeError(f"invalid: {where} needs a UTC offset (RFC 3339)"
-                                  f" - at `$.{where}`")
-            try:
-                when = ts.astimezone(UTC)
-            except (OverflowError, ValueError):  # year 1 at +14:00 is before year 1 in UTC
-                raise DecodeError(f"invalid: {where} out of range - at `$.{where}`") from None
-        else:
-            if not _MIN_EPOCH <= ts <= _MAX_EPOCH:  # also refuses inf and nan
-                raise DecodeError(f"invalid: {where} {ts!r} is not epoch seconds in 2000..2100"
-                                  f" - at `$.{where}`")
-            when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=ts)
-        if when > self.newest:
-            raise DecodeError(f"future: {where} dated "
-                              f"{(when - self.at).total_seconds():.0f} s after it was received")
-        if when < self.oldest:
-            raise DecodeError(f"invalid: {where} is older than the retention window - at "
-                              f"`$.{where}`")
-        return when
-
-
-def _check_kept(obj: Any, depth: int = 0) -> None:
-    """Data kept as jsonb must be storable and printable: bounded depth and integers, finite
-    numbers, no NUL (jsonb refuses it), no lone surrogate (UTF-8 cannot encode it)."""
-    if depth > MAX_DEPTH:
-        raise DecodeError(f"invalid: extra data nested deeper than {MAX_DEPTH}")
-    if isinstance(obj, str):
-        if "\x00" in obj:
-            raise DecodeError("invalid: NUL character in a string")
-        if not obj.isascii():
-            try:
-                obj.encode("utf-8")
-            except UnicodeEncodeError:
-                raise DecodeError("invalid: lone surrogate in a string") from None
-    elif isinstance(obj, bool) or obj is None:
-        return
-    elif isinstance(obj, int):
-        if not -MAX_INT <= obj <= MAX_INT:
-            raise DecodeError("invalid: integer out of range in extra data")
-    elif isinstance(obj, float):
-        if not math.isfinite(obj):
-            raise DecodeError("invalid: non-finite number in extra data")
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_kept(k, depth + 1)
-            _check_kept(v, depth + 1)
-    elif isinstance(obj, list):
-        for v in obj:
-            _check_kept(v, depth + 1)
-
-
 def _position(lat: float, lon: float) -> None:
     if lat == 0.0 and lon == 0.0:
         raise DecodeError("invalid: position 0,0 (no fix) - at `$.lat`")
@@ -286,7 +204,7 @@ def _each(payload: bytes, one: Any, reject: Any) -> None:
             reject(f"item {i}: {_reason(e)}", bytes(raw))
 
 
-def _native_fixes(payload: bytes, device_id: str, received_at: datetime, stamp: _Stamp,
+def _native_fixes(payload: bytes, device_id: str, received_at: datetime, stamp: Stamp,
                   out: Decoded, reject: Any) -> None:
     def one(raw: bytes) -> None:
         f = _fix_decoder.decode(raw)
@@ -301,7 +219,7 @@ def _native_fixes(payload: bytes, device_id: str, received_at: datetime, stamp: 
     _each(payload, one, reject)
 
 
-def _native_events(payload: bytes, device_id: str, received_at: datetime, stamp: _Stamp,
+def _native_events(payload: bytes, device_id: str, received_at: datetime, stamp: Stamp,
                    out: Decoded, reject: Any) -> None:
     def one(raw: bytes) -> None:
         obj = msgspec.json.decode(raw)
@@ -309,7 +227,7 @@ def _native_events(payload: bytes, device_id: str, received_at: datetime, stamp:
         if e.type not in EVENT_TYPES:
             raise DecodeError(f"invalid: unknown event type {e.type!r} - at `$.type`")
         extra = {k: v for k, v in obj.items() if k not in _NATIVE_EVENT_KEYS}
-        _check_kept(extra)
+        check_kept(extra)
         out.events.append(DeviceEvent(device_id, stamp(e.ts), e.type, received_at,
                                       e.lat, e.lon, e.batt, extra))
 
@@ -328,11 +246,11 @@ def _status(payload: bytes, device_id: str, received_at: datetime, retained: boo
 
 
 def _owntracks(route: str, payload: bytes, device_id: str, received_at: datetime,
-               stamp: _Stamp, out: Decoded) -> None:
+               stamp: Stamp, out: Decoded) -> None:
     obj = msgspec.json.decode(payload)
     if not isinstance(obj, dict):
         raise DecodeError("invalid: OwnTracks payload must be a JSON object")
-    _check_kept(obj)  # kept whole (extras, events): small, and only OwnTracks pays for it
+    check_kept(obj)  # kept whole (extras, events): small, and only OwnTracks pays for it
     kind = obj.get("_type")
     if not isinstance(kind, str):
         raise DecodeError("invalid: OwnTracks payload has no _type")

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
 import msgspec
@@ -76,8 +76,8 @@ def _zones(rows: list[tuple]) -> list[Zone]:
             in rows]
 
 
-def build_world(rows: WorldRows, previous: World | None = None,
-                leave_grace_s: float = 1800.0) -> tuple[World, dict[str, list[int]]]:
+def build_world(rows: WorldRows, previous: World | None = None, leave_grace_s: float = 1800.0,
+                leave_travel_s: float = 1800.0) -> tuple[World, dict[str, list[int]]]:
     """Rows → domain types, zones compiled (CPU work: run it off the event loop)."""
     zones = _zones(rows.zones)
     orders: dict[int, list[Order]] = defaultdict(list)
@@ -87,7 +87,8 @@ def build_world(rows: WorldRows, previous: World | None = None,
     grace = timedelta(seconds=leave_grace_s)
     for lid, sid, start, end, returned in rows.leaves:
         leaves[sid].append(Leave(lid, start, returned or end, returned or end + grace,
-                                 returned is not None))
+                                 returned is not None,
+                                 start + timedelta(seconds=leave_travel_s)))
     devices: dict[int, dict[str, DeviceKind]] = defaultdict(dict)
     owner: dict[str, list[int]] = defaultdict(list)
     for device_id, subject_id, kind in rows.devices:
@@ -123,8 +124,8 @@ class Rules:
 
     async def reload(self) -> None:
         rows = await self.store.load_world()
-        self.world, self.owner = await asyncio.to_thread(build_world, rows, self.world,
-                                                         self.rs.leave_grace_s)
+        self.world, self.owner = await asyncio.to_thread(
+            build_world, rows, self.world, self.rs.leave_grace_s, self.rs.leave_travel_s)
         self.loaded.set()
         # New zones or schedules may start windows now: every subject gets a look at once.
         await self.states.make_due(self.world.subjects, time.time(), only_new=False)
@@ -148,19 +149,22 @@ class Rules:
                 log.warning("world reload failed; retrying", error=str(e))
             await backoff.wait()
 
-    async def drop_unmonitored(self, messages: Sequence[HasFixes]) -> None:
+    async def drop_unmonitored(self, messages: Sequence[HasFixes]) -> Counter[tuple[str, date]]:
         """Takes out of each message the fixes dated outside every monitoring order of their
-        subjects (`ingest.filters.outside_orders`) and counts them per device and day, in one
-        statement for the batch. Called by the writer before the jump filter."""
+        subjects (`ingest.filters.outside_orders`); returns how many per device and day, for
+        `count_unmonitored`. Called by the writer before the jump filter."""
         await self.loaded.wait()
         world, total = self.world, Counter()
         for m in messages:
             if m.fixes:
                 m.fixes, dropped = outside_orders(m.fixes, self.owner, world.subjects)
                 total.update(dropped)
-        if total:
-            async with self.store.pool.connection() as conn:
-                await count_unmonitored(conn, total)
+        return total
+
+    async def count_unmonitored(self, counts: Counter[tuple[str, date]]) -> None:
+        """One statement for the batch (the writer retries it on a transient error)."""
+        async with self.store.pool.connection() as conn:
+            await count_unmonitored(conn, counts)
 
     def _group(self, fixes: Sequence[Fix], events: Sequence[DeviceEvent]) -> tuple[dict, dict]:
         by_fix: dict[int, list[Fix]] = defaultdict(list)

@@ -320,7 +320,7 @@ class StateBinding:
             part = seeds[i:i + 500]
             keys = [self.states.key(s) for s, _ in part] + [self.states.due_key]
             args: list = [len(part)]
-            for subject_id, raw in part:
+            for _, raw in part:
                 args += [raw, repr(due)]
             seeded += int(await self._seed(keys=keys, args=[*args, *(s for s, _ in part)]))
         await self.client.set(self.key, self.identity)

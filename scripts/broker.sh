@@ -1,4 +1,5 @@
-# Part of scripts/setup.sh (sourced): Mosquitto with Tether's configuration, and `stop`.
+# Part of scripts/setup.sh (sourced): Mosquitto with Tether's configuration and logins, and
+# `stop`.
 # Processes are found by pid (the port's owner, or a pid file this setup wrote), never by name:
 # a `pkill -x mosquitto` once killed the broker of the machine hosting a test root.
 
@@ -24,12 +25,48 @@ stop_pid() {  # stop_pid PID: TERM, then wait up to 10 s
   log "process $pid did not stop within 10 s"; return 1
 }
 
+# Logins (scripts/mosquitto.conf): the dynamic-security plugin's store and its admin, made once;
+# the admin's password goes to $broker_accounts (root only), where Tether's processes and the
+# provisioning step after the migrations find it.
+broker_accounts=${TETHER_BROKER_ACCOUNTS:-/etc/tether/broker-accounts.json}
+dynsec_store=/var/lib/mosquitto/dynamic-security.json
+broker_auth_init() {
+  local so pw
+  so=$(sed -n 's/^plugin \(.*\)$/\1/p' "$repo/scripts/mosquitto.conf")
+  [ -f "$so" ] || { log "Mosquitto's dynamic-security plugin $so is missing (Debian's" \
+    "mosquitto package ships it)"; exit 1; }
+  if [ -f "$dynsec_store" ]; then
+    [ -f "$broker_accounts" ] && return 0
+    log "$dynsec_store exists but $broker_accounts (its admin's password) does not: move" \
+        "the store away to start again (device logins must then be issued again)"; exit 1
+  fi
+  mkdir -p "$(dirname "$broker_accounts")"
+  pw=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  log "creating the broker's login store with its admin account"
+  mosquitto_ctrl dynsec init "$dynsec_store" tether-admin "$pw" >/dev/null
+  if id mosquitto >/dev/null 2>&1; then chown mosquitto: "$dynsec_store"; fi
+  chmod 600 "$dynsec_store"
+  ( umask 077
+    printf '{"admin": {"username": "tether-admin", "password": "%s"}}\n' "$pw" \
+      > "$broker_accounts" )
+}
+
+# After the migrations: Tether's service accounts on the broker and in the database (and a
+# `dev` account that may publish as any device, for simulators and tests, only with
+# TETHER_DEV_BROKER=1 as scripts/test and scripts/demo set it).
+broker_logins() {
+  local extra=()
+  [ "${TETHER_DEV_BROKER:-0}" = 1 ] && extra=(dev)
+  "$venv/bin/python" -m api.store.credentials "$broker_accounts" "${extra[@]}"
+}
+
 start_broker() {
   local mconf=/etc/mosquitto/tether.conf changed=0 pid ours cmd
   mkdir -p /etc/mosquitto /run/mosquitto /var/lib/mosquitto /var/log/mosquitto
   if id mosquitto >/dev/null 2>&1; then
     chown mosquitto: /run/mosquitto /var/lib/mosquitto /var/log/mosquitto
   fi
+  broker_auth_init
   if ! cmp -s "$repo/scripts/mosquitto.conf" "$mconf"; then
     cp "$repo/scripts/mosquitto.conf" "$mconf"; changed=1
   fi

@@ -6,8 +6,8 @@
 #   start    PostgreSQL cluster (explicit port), Redis, Mosquitto, role and database, migrations
 #            (needs no network)
 #   stop     stops only what an earlier `start` itself started (pid files in /run/tether)
-# Mosquitto: whatever broker listens on 1883 is restarted with scripts/mosquitto.conf, unless it
-# already runs that configuration; with TETHER_KEEP_BROKER=1 a broker the setup did not start
+# Mosquitto: whatever broker listens on 1883 is restarted with scripts/mosquitto.conf (logins
+# required: see scripts/broker.sh), unless it already runs that configuration; with TETHER_KEEP_BROKER=1 a broker the setup did not start
 # is never touched, and the setup fails instead.
 # Every step's output is kept in $TETHER_SETUP_LOGS (default /var/log/tether-setup); a failing
 # step is named and the tail of its log printed.
@@ -177,7 +177,18 @@ max_connections = 200"
 
 # --- start: Redis, with AOF persistence when the setup starts it ---------------------------------
 start_redis() {
-  redis-cli -p $REDIS_PORT ping >/dev/null 2>&1 && return 0
+  if redis-cli -p $REDIS_PORT ping >/dev/null 2>&1; then
+    # A Redis this setup did not start (Debian's service) may run without AOF: a restart would
+    # then lose the rule state, which Tether rebuilds from PostgreSQL (docs/faults.md), and the
+    # live state until the next fixes. Switched on at once and, where Redis has a config file,
+    # kept there.
+    if [ "$(redis-cli -p $REDIS_PORT config get appendonly | tail -n1)" != yes ]; then
+      log "switching Redis on port $REDIS_PORT to appendonly (AOF) persistence"
+      redis-cli -p $REDIS_PORT config set appendonly yes >/dev/null
+      redis-cli -p $REDIS_PORT config rewrite >/dev/null 2>&1 || true
+    fi
+    return 0
+  fi
   log "starting Redis on port $REDIS_PORT (appendonly)"
   mkdir -p /var/lib/redis /var/log/redis
   step redis-start "$logs" redis-server --daemonize yes --bind 127.0.0.1 --port $REDIS_PORT \
@@ -201,7 +212,8 @@ case $phase in
     start_postgres
     start_redis
     start_broker
-    step migrate "$logs" "$venv/bin/tether" migrate ;;
+    step migrate "$logs" "$venv/bin/tether" migrate
+    step broker-logins "$logs" broker_logins ;;
   stop) stop_started ;;
 esac
 [ "$phase" = stop ] || log "ready ($phase)"

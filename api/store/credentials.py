@@ -15,11 +15,15 @@ false` (scripts/mosquitto.conf).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import secrets
 import ssl
+import sys
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -176,37 +180,77 @@ def new_password() -> str:
     return secrets.token_urlsafe(24)
 
 
+ACCOUNTS_FILE = "/etc/tether/broker-accounts.json"  # written by the setup, mode 0600
+
+
+def accounts_file() -> Path:
+    return Path(os.environ.get("TETHER_BROKER_ACCOUNTS", ACCOUNTS_FILE))
+
+
 def service_url(database_url: str, mqtt_url: str, name: str = "ingest") -> str:
     """Contract section 4: a process given a URL without a user logs in with its service
-    account, when the setup recorded one; else the URL as given (an open broker)."""
+    account: the database's record, else the setup's accounts file on this machine (a database
+    made after the setup, e.g. a test run's); else the URL as given (an open broker)."""
     if urlsplit(mqtt_url).username:
         return mqtt_url
     with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT username, password FROM broker_accounts WHERE name = %s",
-                           (name,)).fetchone()
+        try:
+            row = conn.execute("SELECT username, password FROM broker_accounts WHERE name = %s",
+                               (name,)).fetchone()
+        except psycopg.errors.UndefinedTable:  # not migrated yet: no record
+            row = None
+    if row is None:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            acc = json.loads(accounts_file().read_text())[name]
+            row = (str(acc["username"]), str(acc["password"]))
     return mqtt_url if row is None else with_login(mqtt_url, row[0], row[1])
 
 
-async def provision(database_url: str, admin: str, admin_password: str) -> None:
-    """Run by the setup once the broker runs: record the broker admin, then create (or re-key
-    to the recorded password) the ingest account. Idempotent: the database and the broker agree
-    on every service password afterwards."""
-    admin_user = urlsplit(admin).username or ADMIN_USER
+# What each service account may do. `#` never matches `$`-topics, so $CONTROL stays the
+# admin's. `dev` exists only on development and test machines (TETHER_DEV_BROKER=1 in
+# scripts/test and scripts/demo): the simulators and the test suite publish as any device.
+_SUBSCRIBE = [{"acltype": "subscribePattern", "topic": t, "allow": True} for t in ("#", "$share/#")]
+ROLES = {"ingest": ("tether-ingest", INGEST_USER, _SUBSCRIBE),
+         "dev": ("tether-dev", "tether-dev",
+                 [*_SUBSCRIBE, {"acltype": "publishClientSend", "topic": "#", "allow": True}])}
+
+
+async def provision(database_url: str, mqtt_url: str, accounts: dict[str, dict],
+                    names: tuple[str, ...] = ("ingest",)) -> dict[str, dict]:
+    """Run by the setup once the broker runs (and by tests on their own broker). `accounts`
+    holds at least the broker admin made by `mosquitto_ctrl dynsec init`; each of `names` is
+    created, or re-keyed to the password already recorded, so the database, the accounts file
+    and the broker agree afterwards. Returns the accounts, new ones added. Idempotent."""
+    out = {k: dict(v) for k, v in accounts.items()}
+    for name in names:
+        out.setdefault(name, {"username": ROLES[name][1], "password": new_password()})
+    admin = out["admin"]
+    async with DynSec(with_login(mqtt_url, admin["username"], admin["password"])) as ds:
+        for name in names:
+            role, _, acls = ROLES[name]
+            await ensure_login(ds, out[name]["username"], out[name]["password"], role, acls)
     with psycopg.connect(database_url) as conn:
-        conn.execute("INSERT INTO broker_accounts (name, username, password) VALUES"
-                     " ('admin', %s, %s) ON CONFLICT (name) DO UPDATE SET username ="
-                     " EXCLUDED.username, password = EXCLUDED.password, updated_at = now()",
-                     (admin_user, admin_password))
-        conn.execute("INSERT INTO broker_accounts (name, username, password) VALUES"
-                     " ('ingest', %s, %s) ON CONFLICT (name) DO NOTHING",
-                     (INGEST_USER, new_password()))
-        user, password = conn.execute("SELECT username, password FROM broker_accounts"
-                                      " WHERE name = 'ingest'").fetchone()
-    url = with_login(admin, admin_user, admin_password)
-    # Subscribing is the only right: `#` never matches `$`-topics, so $CONTROL stays the admin's.
-    acls = [{"acltype": "subscribePattern", "topic": t, "allow": True} for t in ("#", "$share/#")]
-    async with DynSec(url) as ds:
-        await ensure_login(ds, user, password, INGEST_ROLE, acls)
+        for name in ("admin", *names):
+            conn.execute("INSERT INTO broker_accounts (name, username, password) VALUES"
+                         " (%s, %s, %s) ON CONFLICT (name) DO UPDATE SET username ="
+                         " EXCLUDED.username, password = EXCLUDED.password, updated_at = now()",
+                         (name, out[name]["username"], out[name]["password"]))
+    return out
+
+
+def _setup_main(path: str, names: list[str]) -> None:
+    """`python -m api.store.credentials FILE [dev]`: the setup's provisioning step; the
+    database and broker come from TETHER_DATABASE_URL and TETHER_MQTT_URL (or their defaults)."""
+    from tether.settings import CommonSettings
+    s = CommonSettings()
+    f = Path(path)
+    accounts = asyncio.run(provision(s.database_url, s.mqtt_url, json.loads(f.read_text()),
+                                     ("ingest", *names)))
+    f.write_text(json.dumps(accounts, indent=1))
+
+
+if __name__ == "__main__":
+    _setup_main(sys.argv[1], sys.argv[2:])
 
 
 __all__ = ["BrokerUnavailable", "DeviceLogin", "DynSec", "LoginTaken", "admin_url",

@@ -167,21 +167,51 @@ async def test_officer_installable_and_playback(browser: Browser, settings: Sett
 
 
 @pytest.mark.timeout(120)
-async def test_real_ingest_moves_the_marker(browser: Browser, settings: Settings,  # noqa: F811
-                                            db) -> None:  # noqa: F811
-    """Wired end to end: MQTT fix -> ingest worker -> Redis -> API -> the map page."""
+async def test_real_ingest_moves_the_marker_and_a_breach_fix_alerts_both_pages(
+        browser: Browser, settings: Settings, db) -> None:  # noqa: F811
+    """Wired end to end: MQTT fix -> ingest worker -> Redis -> API -> the map page; then a fix
+    inside the seeded exclusion zone -> the rules -> an alert on the map and the phone < 2 s."""
     from ingest.mqtt import Broker, MqttPublisher
     world = seed(db)
     sid, dev = world["subj_countyA"], world["dev_countyA"]
+    db.execute("UPDATE alerts SET status = 'resolved' WHERE subject_id = ANY(%s)",
+               ([world[f"subj_{w}"] for w in ("city", "countyA", "countyB")],))
+    zone = (31.2058, 121.4031)  # 100 m around it: the subject's own exclusion zone
+    db.execute("INSERT INTO zones (name, kind, geometry, radius_m, jurisdiction_id, subject_id,"
+               " created_at) VALUES ('victim home', 'exclusion', %s, 100, %s, %s,"
+               " now() - interval '1 hour')",
+               (json.dumps({"type": "Point", "coordinates": [zone[1], zone[0]]}),
+                world["countyA"], sid))
     async with api_server(settings) as (base, _), running(settings) as worker, \
             MqttPublisher(Broker.from_url(settings.mqtt_url)) as mqtt:
         await worker.rules.loaded.wait()
         cmd = await open_logged_in(browser, f"{base}/", f"cmdCity-{world['tag']}")
         await cmd.wait_for_function("() => window.tether && window.tether.subjects.size >= 3")
         await cmd.evaluate("(sid) => window.tether.select(sid)", sid)
+        # a minute ago, 300 m south of the exclusion zone made above
         await mqtt.publish(f"{settings.mqtt_root}/devices/{dev}/loc", json.dumps(
-            {"ts": time.time(), "lat": 31.2031, "lon": 121.4031, "acc": 6}))
+            {"ts": time.time() - 60, "lat": 31.2031, "lon": 121.4031, "acc": 6}))
         await cmd.wait_for_function("(sid) => { const p = window.tether.rendered(sid);"
                                     " return p && Math.abs(p[1] - 31.2031) < 1e-5; }", arg=sid,
                                     timeout=5000)
         await shot(cmd, "map-moved-by-ingest")
+
+        phone = await open_logged_in(browser, f"{base}/officer", f"offA-{world['tag']}", 360, 740)
+        await phone.wait_for_function("() => window.tether && window.tether.state")
+        await phone.wait_for_selector("#no-alerts:not([hidden])")
+        await asyncio.sleep(0.5)  # both sockets open
+        started = time.monotonic()
+        # Walked in: a 5 m fix at the zone's centre is a confident breach on the first fix.
+        await mqtt.publish(f"{settings.mqtt_root}/devices/{dev}/loc", json.dumps(
+            {"ts": time.time(), "lat": zone[0], "lon": zone[1], "acc": 5}))
+        sel = "li[data-alert-id]"
+        await asyncio.gather(cmd.wait_for_selector(sel, timeout=2000),
+                             phone.wait_for_selector(sel, timeout=2000))
+        shown_s = time.monotonic() - started
+        aid = int(await phone.get_attribute(sel, "data-alert-id"))
+        assert db.execute("SELECT type, subject_id FROM alerts WHERE id = %s",
+                          (aid,)).fetchone() == ("exclusion_entry", sid)
+        assert shown_s < 2.0
+        await shot(cmd, "map-alert-from-ingest")
+        await shot(phone, "officer-alert-from-ingest")
+        print(f"breach fix published -> alert on both pages after {shown_s * 1000:.0f} ms")

@@ -72,7 +72,8 @@ def broker(tmp_path: Path) -> Iterator[str]:
 async def secured(broker: str, scratch_db: str, settings: Settings) -> AsyncIterator[Settings]:
     """Settings for a migrated database of its own whose broker the setup has provisioned."""
     migrate(scratch_db)
-    await cred.provision(scratch_db, broker, ADMIN_PW)
+    await cred.provision(scratch_db, broker,
+                         {"admin": {"username": cred.ADMIN_USER, "password": ADMIN_PW}})
     yield settings.model_copy(update={"database_url": scratch_db, "mqtt_url": broker})
 
 

@@ -24,7 +24,7 @@ MAX_UNACKED = 20_000  # beyond this the broker is behind: the generator waits (a
 class Target:
     host: str
     port: int
-    topics: list[bytes]  # per device: the topic
+    topics: list[str]  # per device: the topic
     tails: list[list[bytes]]  # per device: pre-encoded `,"lat":..}` pieces
 
 
@@ -108,9 +108,8 @@ class Load:
         self.rate = [ctx.Value("d", 0.0, lock=False) for _ in range(procs)]
         self.stop = ctx.Event()
         self.counts = ctx.Array("d", procs * 3, lock=False)
-        enc = [t.encode() for t in topics]
         self.procs = [ctx.Process(target=generator, name=f"bench-load-{k}", daemon=True, args=(
-            Target(host, port, enc[k::procs], tails[k::procs]), f"{tag}-load{k}",
+            Target(host, port, topics[k::procs], tails[k::procs]), f"{tag}-load{k}",
             self.rate[k], self.stop, self.counts, k)) for k in range(procs)]
         for p in self.procs:
             p.start()

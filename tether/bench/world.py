@@ -39,6 +39,8 @@ class BenchWorld:
     breach: list[tuple[str, tuple[float, float], tuple[float, float]]]  # device, home, inside
     near: list[tuple[str, tuple[float, float]]]  # device, parked spot (25 m outside an edge)
     subject_of: dict[str, int]
+    jurisdiction: int
+    all_homes: list[tuple[float, float]]
 
     def tails(self, rng: random.Random) -> list[list[bytes]]:
         """Per load device, eight positions 20 m around home, pre-encoded (15 m apart: at
@@ -86,23 +88,35 @@ def seed(url: str, n_load: int, shared_zones: int, n_breach: int, n_near: int, t
             rows.append((f"shared {k}", "exclusion", _circle(i * GRID_M - half,
                                                              jj * GRID_M - half), 50.0, None,
                          None))
+        _copy_zones(conn, rows, j)
         breach_spots, near_spots = [], []
-        for n, (d, s, (x, y)) in enumerate(zip(names, subjects, homes, strict=True)):
-            if d in breach or d in near:
-                # own zone 70 m from home (radius 40): home compliant, its centre 70 m away
-                cx, cy = x + 70, y
-                rows.append((f"own {d}", "exclusion", _circle(cx, cy), 40.0, s, None))
-                if n < n_load + n_breach:
-                    breach_spots.append((d, (x, y), (cx, cy)))
-                else:
-                    near_spots.append((d, (cx - 40 - 25, cy)))
-            else:
-                rows.append((f"own {d}", "exclusion", _circle(x + 200, y + 200), 40.0, s,
-                             None))
-            rows.append((f"curfew {d}", "inclusion", _circle(x, y), 300.0, s, Jsonb(ALL_DAY)))
-        with conn.cursor().copy("COPY zones (name, kind, geometry, radius_m, subject_id,"
-                                " schedule, jurisdiction_id, created_at) FROM STDIN") as copy:
-            for r in rows:
-                copy.write_row((*r, j, "now"))
+        for n, (d, (x, y)) in enumerate(zip(names, homes, strict=True)):
+            if n >= n_load + n_breach:  # parked 25 m outside its own zone's edge
+                near_spots.append((d, (x + 70 - 40 - 25, y)))
+            elif n >= n_load:  # its own zone's centre is 70 m from home
+                breach_spots.append((d, (x, y), (x + 70, y)))
     return BenchWorld(load, homes[:n_load], breach_spots, near_spots,
-                      dict(zip(names, subjects, strict=True)))
+                      dict(zip(names, subjects, strict=True)), j, homes)
+
+
+def add_subject_zones(url: str, w: BenchWorld) -> int:
+    """Per subject: an exclusion zone (40 m) and an all-day curfew (300 m around home). Added
+    once every device has been heard: a curfew created in force raises a device never heard
+    (docs/rules.md), which would be truth nobody scripted."""
+    rows = []
+    names = [*w.devices, *(d for d, _h, _i in w.breach), *(d for d, _s in w.near)]
+    for n, (d, (x, y)) in enumerate(zip(names, w.all_homes, strict=True)):
+        s = w.subject_of[d]
+        own = (x + 70, y) if n >= len(w.devices) else (x + 200, y + 200)
+        rows.append((f"own {d}", "exclusion", _circle(*own), 40.0, s, None))
+        rows.append((f"curfew {d}", "inclusion", _circle(x, y), 300.0, s, Jsonb(ALL_DAY)))
+    with psycopg.connect(url) as conn, conn.transaction():
+        _copy_zones(conn, rows, w.jurisdiction)
+    return len(rows)
+
+
+def _copy_zones(conn: psycopg.Connection, rows: list[tuple], jurisdiction: int) -> None:
+    with conn.cursor().copy("COPY zones (name, kind, geometry, radius_m, subject_id,"
+                            " schedule, jurisdiction_id, created_at) FROM STDIN") as copy:
+        for r in rows:
+            copy.write_row((*r, jurisdiction, "now"))

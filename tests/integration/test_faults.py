@@ -1,0 +1,344 @@
+"""The fault suite: a simulated fleet keeps publishing while PostgreSQL, Mosquitto, Redis or an
+ingest worker fails, and every fix the broker acknowledged to a device is stored exactly once.
+
+Everything runs on PRIVATE instances this module starts on free ports (a throwaway PostgreSQL
+cluster with TimescaleDB made by initdb, its own Redis, its own Mosquitto with logins), never the
+machine's shared services, which other runs use. The ingest worker is a real `tether ingest`
+process, so a SIGKILL is a real one. Each test prints fixes sent (acknowledged by the broker),
+stored, lost and duplicated; lost and duplicated must be 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiomqtt
+import psycopg
+import pytest
+
+from api.store import credentials as cred
+from ingest.store import migrate
+from tests.integration.conftest import eventually
+from tests.integration.receivers import free_port
+from tests.integration.test_broker_auth import ADMIN_PW, DYNSEC, start_mosquitto
+
+PGBIN = Path("/usr/lib/postgresql/15/bin")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(DYNSEC is None or not (PGBIN / "initdb").exists()
+                                 or shutil.which("redis-server") is None,
+                                 reason="needs Debian's postgresql-15, redis-server, mosquitto")]
+
+
+def _as_postgres(*cmd: str) -> list[str]:
+    """initdb and postgres refuse to run as root."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else list(cmd)
+
+
+@dataclass
+class PrivatePg:
+    dir: Path
+    port: int
+
+    @classmethod
+    def create(cls, base: Path) -> PrivatePg:
+        d = base / "pg"
+        d.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(base, "postgres")
+            shutil.chown(d, "postgres")
+        subprocess.run(_as_postgres(str(PGBIN / "initdb"), "-D", str(d), "-A", "trust", "-U",
+                                    "tether", "--no-sync"), check=True, capture_output=True)
+        port = free_port()
+        with open(d / "postgresql.conf", "a") as f:
+            f.write(f"port = {port}\nlisten_addresses = '127.0.0.1'\n"
+                    f"unix_socket_directories = '{d}'\nshared_preload_libraries = 'timescaledb'\n"
+                    "timescaledb.telemetry_level = off\nfsync = off\nmax_connections = 60\n")
+        pg = cls(d, port)
+        pg.start()
+        with psycopg.connect(pg.url("postgres"), autocommit=True) as c:
+            c.execute("CREATE DATABASE tether")
+        return pg
+
+    def url(self, db: str = "tether") -> str:
+        return f"postgresql://tether@127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        subprocess.run(_as_postgres(str(PGBIN / "pg_ctl"), "-D", str(self.dir), "-w", "-l",
+                                    str(self.dir / "log"), "start"), check=True,
+                       capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run(_as_postgres(str(PGBIN / "pg_ctl"), "-D", str(self.dir), "-w", "-m",
+                                    "fast", "stop"), check=False, capture_output=True)
+
+
+@dataclass
+class PrivateRedis:
+    dir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        # No AOF here on purpose: a restart loses everything, the worst case the rule state
+        # must survive (the setup turns AOF on for the real one).
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind",
+                                      "127.0.0.1", "--save", "", "--appendonly", "no",
+                                      "--dir", str(self.dir)], stdout=subprocess.DEVNULL)
+        _wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@dataclass
+class PrivateBroker:
+    dir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if not (self.dir / "dynsec.json").exists():
+            subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(self.dir / "dynsec.json"),
+                            cred.ADMIN_USER, ADMIN_PW], check=True, capture_output=True)
+        self.proc = start_mosquitto(self.dir, self.port, "autosave_interval 10\n")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc:
+            self.proc.send_signal(sig)  # SIGTERM: Mosquitto saves its store before exiting
+            self.proc.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+def _wait_port(port: int, limit_s: float = 10) -> None:
+    import socket
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@dataclass
+class World:
+    pg: PrivatePg
+    redis: PrivateRedis
+    broker: PrivateBroker
+    accounts: dict
+    root: str = "tether/v1"
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    def env(self, slot: int = 0) -> dict[str, str]:
+        return {**os.environ, "TETHER_DATABASE_URL": self.pg.url(),
+                "TETHER_REDIS_URL": self.redis.url, "TETHER_MQTT_URL": self.broker.url,
+                "TETHER_MQTT_CLIENT_ID": f"fault-ingest-{slot}", "TETHER_BATCH_AGE_MS": "50",
+                "TETHER_LOG_LEVEL": "WARNING", "TETHER_REDIS_PREFIX": "tether:",
+                "TETHER_OFFLINE_WEARABLE_S": "6", "TETHER_TICK_INTERVAL_S": "0.2"}
+
+    def start_worker(self, slot: int = 0) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-c",
+                              "import sys; from tether.cli import main; sys.exit(main())",
+                              "ingest"], env=self.env(slot))
+        self.workers.append(p)
+        return p
+
+    def enrol(self, n: int, prefix: str = "f") -> list[str]:
+        devices = [f"{prefix}{i}" for i in range(n)]
+        with psycopg.connect(self.pg.url(), autocommit=True) as db:
+            j = db.execute("INSERT INTO jurisdictions (name) VALUES ('faults') RETURNING id")
+            jid = j.fetchone()[0]
+            for d in devices:
+                s = db.execute("INSERT INTO subjects (name, jurisdiction_id) VALUES (%s, %s)"
+                               " RETURNING id", (d, jid)).fetchone()[0]
+                db.execute("INSERT INTO devices (id, kind, subject_id) VALUES (%s, 'wearable',"
+                           " %s)", (d, s))
+        return devices
+
+    def stored(self) -> tuple[set[tuple[str, int]], int]:
+        """(the distinct (device, seq) stored, the number of rows)."""
+        with psycopg.connect(self.pg.url()) as db:
+            rows = db.execute("SELECT device_id, seq FROM fixes").fetchall()
+        return set(rows), len(rows)
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    base = Path(tempfile.mkdtemp(prefix="tether-faults-"))
+    pg = PrivatePg.create(base)
+    red = PrivateRedis(base)
+    red.start()
+    (base / "mqtt").mkdir()
+    broker = PrivateBroker(base / "mqtt")
+    broker.start()
+    w = None
+    try:
+        migrate(pg.url())
+        accounts = asyncio.run(cred.provision(
+            pg.url(), broker.url, {"admin": {"username": cred.ADMIN_USER, "password": ADMIN_PW}},
+            ("ingest", "dev")))
+        w = World(pg, red, broker, accounts)
+        yield w
+    finally:
+        for p in w.workers if w else ():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        broker.stop()
+        red.stop()
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class Fleet:
+    """Devices publishing one fix each per tick with QoS 1; a fix counts as sent once the broker
+    acknowledged it (PUBACK). Reconnects with backoff while the broker is away."""
+
+    def __init__(self, w: World, devices: list[str], interval_s: float = 0.1) -> None:
+        self.w, self.devices, self.interval_s = w, devices, interval_s
+        self.acked: set[tuple[str, int]] = set()
+        self.seq = 0
+        self.running = True
+
+    async def run(self) -> None:
+        dev = self.w.accounts["dev"]
+        while self.running:
+            try:
+                async with aiomqtt.Client("127.0.0.1", self.w.broker.port,
+                                          username=dev["username"], password=dev["password"],
+                                          protocol=aiomqtt.ProtocolVersion.V311) as c:
+                    while self.running:
+                        self.seq += 1
+                        seq, now = self.seq, time.time()
+                        await asyncio.gather(*(self._one(c, d, seq, now) for d in self.devices))
+                        await asyncio.sleep(self.interval_s)
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.5)
+
+    async def _one(self, c: aiomqtt.Client, device: str, seq: int, now: float) -> None:
+        body = json.dumps({"ts": now, "lat": 31.2 + seq * 1e-6, "lon": 121.4, "acc": 8,
+                           "seq": seq})
+        await c.publish(f"{self.w.root}/devices/{device}/loc", body, qos=1, timeout=10)
+        self.acked.add((device, seq))
+
+
+@contextlib.asynccontextmanager
+async def fleet(w: World, devices: list[str], interval_s: float = 0.1) -> AsyncIterator[Fleet]:
+    f = Fleet(w, devices, interval_s)
+    task = asyncio.create_task(f.run(), name="fault-fleet")
+    try:
+        yield f
+    finally:
+        f.running = False
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await asyncio.wait_for(task, 15)
+
+
+async def settle(w: World, f: Fleet, what: str, limit_s: float = 60) -> None:
+    """Wait until every acknowledged fix is stored, then report and check the counts."""
+    await eventually(lambda: f.acked <= w.stored()[0], limit_s,
+                     lambda: f"{len(f.acked - w.stored()[0])} acknowledged fixes not stored")
+    kept, rows = w.stored()
+    lost, duplicated = len(f.acked - kept), rows - len(kept)
+    print(f"\n[{what}] sent {len(f.acked)}, stored {rows}, lost {lost}, duplicated {duplicated}")
+    assert (lost, duplicated) == (0, 0)
+    with psycopg.connect(w.pg.url()) as db:
+        assert db.execute("SELECT count(*) FROM ingest_rejects").fetchone()[0] == 0
+
+
+@pytest.mark.timeout(240)
+async def test_postgres_down_30_s_loses_no_fix(world: World) -> None:
+    w = world
+    devices = w.enrol(20)
+    w.start_worker()
+    async with fleet(w, devices) as f:
+        await eventually(lambda: len(w.stored()[0]) > 100, 30, "ingest running")
+        await asyncio.to_thread(w.pg.stop)
+        down = len(f.acked)
+        await asyncio.sleep(30)
+        assert len(f.acked) > down + 1000  # the fleet went on: the broker took its fixes
+        await asyncio.to_thread(w.pg.start)
+        await asyncio.sleep(3)
+    await settle(w, f, "PostgreSQL stopped 30 s", 90)
+
+
+@pytest.mark.timeout(180)
+async def test_broker_restart_delivers_queued_qos1(world: World) -> None:
+    w = world
+    devices = w.enrol(20)
+    worker = w.start_worker()
+    async with fleet(w, devices) as f:
+        await eventually(lambda: len(w.stored()[0]) > 100, 30, "ingest running")
+        # The worker away: the broker queues its share in the persistent session ...
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(worker.wait, 20)
+        await asyncio.sleep(2)
+        queued = len(f.acked - w.stored()[0])
+        assert queued > 100
+        # ... and keeps it across its own restart (saved on a clean stop).
+        await asyncio.to_thread(w.broker.stop)
+        await asyncio.to_thread(w.broker.start)
+        w.start_worker()
+        await asyncio.sleep(3)
+    await settle(w, f, f"broker restarted with {queued} queued", 60)
+
+
+@pytest.mark.timeout(180)
+async def test_sigkill_mid_batch_loses_and_doubles_nothing(world: World) -> None:
+    w = world
+    devices = w.enrol(50)
+    worker = w.start_worker()
+    async with fleet(w, devices, 0.02) as f:
+        await eventually(lambda: len(w.stored()[0]) > 500, 30, "ingest running")
+        for _ in range(3):  # killed three times while batches are in flight
+            await asyncio.sleep(1.5)
+            worker.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(worker.wait, 10)
+            worker = w.start_worker()
+        await asyncio.sleep(3)
+    await settle(w, f, "ingest SIGKILLed 3 times", 60)
+
+
+@pytest.mark.timeout(180)
+async def test_redis_restart_keeps_alerts_once_and_flags_silent_trackers(world: World) -> None:
+    w = world
+    devices = w.enrol(10)
+    silent = w.enrol(1, "quiet")[0]
+    w.start_worker()
+    async with fleet(w, [*devices, silent]) as f:
+        await eventually(lambda: (silent, 5) in w.stored()[0], 30, "the quiet one heard")
+        f.devices = devices  # the quiet tracker stops here
+        await asyncio.to_thread(w.redis.stop)  # everything Redis held is gone
+        await asyncio.sleep(1)
+        await asyncio.to_thread(w.redis.start)
+        await asyncio.sleep(3)
+    await settle(w, f, "Redis restarted empty", 60)
+    with psycopg.connect(w.pg.url()) as db:
+        def offline() -> list[tuple]:
+            return db.execute("SELECT device_id, status FROM alerts WHERE type ="
+                              " 'device_offline' AND device_id = %s", (silent,)).fetchall()
+        await eventually(lambda: offline() == [(silent, "open")], 30,
+                         lambda: f"one offline alert for {silent}, got {offline()}")
+        await asyncio.sleep(2)
+        assert offline() == [(silent, "open")]  # once
