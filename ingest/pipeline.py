@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from geofence.types import DeviceEvent, Fix, Reject
 from ingest import metrics
@@ -99,27 +100,37 @@ class Ingest:
 
     # --- receive: decode and filter, no I/O --------------------------------------------------
 
-    async def receive(self, d: Delivery) -> None:
+    async def receive(self, burst: list[Delivery]) -> None:
+        """Decode a burst of deliveries into the current batch. Per-message work is the decode
+        only: the clock is read and the metrics counted once per burst."""
         received_at = datetime.now(UTC)
+        routes: dict[str, int] = defaultdict(int)
+        for d in burst:
+            msg = self._decode(d, received_at)
+            routes[d.topic.rsplit("/", 1)[-1] if msg.device_id else "bad"] += 1
+            b = self.batch
+            if not b.messages:
+                b.started = time.monotonic()
+            b.messages.append(msg)
+            b.rows += len(msg.fixes)
+            if b.rows >= self.settings.batch_rows or \
+                    len(b.messages) >= self.settings.batch_messages:
+                await self._hand_off()
+        for route, n in routes.items():
+            metrics.messages.labels(route).inc(n)
+
+    def _decode(self, d: Delivery, received_at: datetime) -> _Message:
         try:
             dec = decode_message(d.topic, d.payload, received_at, self.topics, d.retained,
                                  self.limits)
             fixes, future = reject_future(dec.fixes, d.topic, d.payload, self.filters)
-            msg = _Message(d, dec.device_id, fixes, dec.events, dec.rejects + future)
+            return _Message(d, dec.device_id, fixes, dec.events, dec.rejects + future)
         except Exception as e:  # the decoder never raises; should it, the message is a reject
             logs.still_running()
             log.exception("decoder failed; message rejected", topic=d.topic)
-            msg = _Message(d, None, [], [], [Reject(
+            return _Message(d, None, [], [], [Reject(
                 d.topic, d.payload[:KEPT_PAYLOAD_BYTES], f"undecodable: {type(e).__name__}",
                 received_at)])
-        metrics.messages.labels(d.topic.rsplit("/", 1)[-1] if msg.device_id else "bad").inc()
-        b = self.batch
-        if not b.messages:
-            b.started = time.monotonic()
-        b.messages.append(msg)
-        b.rows += len(msg.fixes)
-        if b.rows >= self.settings.batch_rows or len(b.messages) >= self.settings.batch_messages:
-            await self._hand_off()
 
     async def _hand_off(self) -> None:
         batch, self.batch = self.batch, Batch()
@@ -157,18 +168,23 @@ class Ingest:
         """Filter (registry, jumps), then the batch's transaction. Transient failures are
         waited out inside; anything else raises, for the caller to isolate."""
         await self._check_registered(messages)
+        # Outside every monitoring order of its subject, a position is neither judged nor kept:
+        # only counted per device and day (Community Corrections Law art. 29).
+        unmonitored = await self.rules.drop_unmonitored(messages)
         await self._filter_jumps(messages)
         fixes = [f for m in messages for f in m.fixes]
         events = [e for m in messages for e in m.events]
         rejects = [r for m in messages for r in m.rejects]
-        return await self._retry("store", lambda: self._commit(fixes, events, rejects))
+        return await self._retry("store", lambda: self._commit(fixes, events, rejects,
+                                                               unmonitored))
 
-    async def _commit(self, fixes: list[Fix], events: list[DeviceEvent],
-                      rejects: list[Reject]) -> WriteResult:
+    async def _commit(self, fixes: list[Fix], events: list[DeviceEvent], rejects: list[Reject],
+                      unmonitored: Mapping[tuple[str, date], int] | None = None) -> WriteResult:
         """The flow's middle, in one transaction: store → evaluate → record alerts → commit.
         Only what is new to the database is judged, so a redelivery is not judged twice; the
         alerts commit with the fixes that raised them, or neither does."""
         async with self.store.batch() as tx:
+            await tx.count_unmonitored(unmonitored or {})
             new_fixes, new_events = await tx.store(fixes, events, rejects)
             verdicts = (await self.rules.judge(new_fixes, new_events)
                         if new_fixes or new_events else [])

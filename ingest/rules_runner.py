@@ -29,7 +29,7 @@ from ingest.filters import outside_orders
 from ingest.settings import IngestSettings
 from ingest.state import StateError, SubjectStates
 from ingest.store import IngestStore, TransientError
-from ingest.store.world import WorldRows, count_unmonitored
+from ingest.store.world import WorldRows
 from tether import logs
 from tether.retry import Backoff
 
@@ -151,8 +151,8 @@ class Rules:
 
     async def drop_unmonitored(self, messages: Sequence[HasFixes]) -> Counter[tuple[str, date]]:
         """Takes out of each message the fixes dated outside every monitoring order of their
-        subjects (`ingest.filters.outside_orders`); returns how many per device and day, for
-        `count_unmonitored`. Called by the writer before the jump filter."""
+        subjects (`ingest.filters.outside_orders`); returns how many per device and day, which
+        the writer counts in the batch's transaction. Called before the jump filter."""
         await self.loaded.wait()
         world, total = self.world, Counter()
         for m in messages:
@@ -160,11 +160,6 @@ class Rules:
                 m.fixes, dropped = outside_orders(m.fixes, self.owner, world.subjects)
                 total.update(dropped)
         return total
-
-    async def count_unmonitored(self, counts: Counter[tuple[str, date]]) -> None:
-        """One statement for the batch (the writer retries it on a transient error)."""
-        async with self.store.pool.connection() as conn:
-            await count_unmonitored(conn, counts)
 
     def _group(self, fixes: Sequence[Fix], events: Sequence[DeviceEvent]) -> tuple[dict, dict]:
         by_fix: dict[int, list[Fix]] = defaultdict(list)

@@ -82,6 +82,10 @@ async def patch_subject(cur: AsyncCursor, who: Principal, before: dict,
     row = await cur.fetchone()
     action = "transfer" if "jurisdiction_id" in patch and (
         patch["jurisdiction_id"] != before["jurisdiction_id"]) else "update"
+    if action == "transfer":  # the subject's own zones go with it, to be seen where it goes
+        await cur.execute("UPDATE zones SET jurisdiction_id = %s WHERE subject_id = %s"
+                          " AND deleted_at IS NULL AND jurisdiction_id = %s",
+                          (patch["jurisdiction_id"], before["id"], before["jurisdiction_id"]))
     await audit(cur, who, action, "subject", row["id"], before, row)
     return row
 

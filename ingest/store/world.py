@@ -57,7 +57,7 @@ async def notifications(url: str) -> AsyncIterator[str]:
             yield n.payload
 
 
-async def count_unmonitored(conn: psycopg.AsyncConnection,
+async def count_unmonitored(conn: psycopg.AsyncConnection | psycopg.AsyncCursor,
                             counts: Mapping[tuple[str, date], int]) -> None:
     """Reports received outside any monitoring order, per device and day (the officer sees a
     device that should be collected)."""

@@ -6,10 +6,10 @@ INSERT ... ON CONFLICT DO NOTHING into the hypertable, all in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, timedelta
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 from alerts.store import record_rule_events
 from geofence.rules import RuleEvent
 from geofence.types import DeviceEvent, Fix, Reject
-from ingest.store.world import WorldRows, load_world, notifications
+from ingest.store.world import WorldRows, count_unmonitored, load_world, notifications
 from tether import db
 
 TransientError, DataRejected = db.TransientError, db.DataRejected
@@ -94,6 +94,11 @@ class BatchTx:
             await cur.executemany(_INSERT_REJECT, [
                 (r.received_at, r.topic, r.payload, r.reason, r.device_id) for r in rejects])
         return new_fixes, new_events
+
+    async def count_unmonitored(self, counts: Mapping[tuple[str, date], int]) -> None:
+        """Reports left out as outside every monitoring order: counted with the batch."""
+        if counts:
+            await count_unmonitored(self.cur, counts)
 
     async def record_alerts(self, events: Sequence[RuleEvent]) -> list[tuple[int, str, str]]:
         """The rules' conclusions as alert transitions (alerts/store.py), in this transaction."""

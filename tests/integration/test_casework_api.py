@@ -98,6 +98,9 @@ async def test_zone_patch_keeps_the_old_version_and_delete_clears_its_alerts(
 async def test_subject_transfer_and_device_move_stay_in_scope(world: ApiWorld) -> None:
     w, ids = world, world.ids
     sid = ids["subj_countyA"]
+    own_zone = (await w.post("cmdA", "/api/zones", {
+        "name": "home", "kind": "inclusion", "jurisdiction_id": ids["countyA"], "subject_id": sid,
+        "geometry": {"type": "Point", "coordinates": [121.4, 31.2]}, "radius_m": 150})).json()
     # cmdA cannot transfer to county B (not in its scope); the city commander can.
     r = await patch(w, "cmdA", f"/api/subjects/{sid}", {"jurisdiction_id": ids["countyB"]})
     assert r.status_code == 404
@@ -106,6 +109,7 @@ async def test_subject_transfer_and_device_move_stay_in_scope(world: ApiWorld) -
     assert r.status_code == 200 and r.json()["jurisdiction_id"] == ids["countyB"], r.text
     assert (await w.get("cmdA", f"/api/subjects/{sid}")).status_code == 404
     assert (await w.get("offB", f"/api/subjects/{sid}")).status_code == 200
+    assert own_zone["id"] in {z["id"] for z in (await w.get("offB", "/api/zones")).json()}
     r = await patch(w, "cmdCity", f"/api/subjects/{sid}", {"timezone": "Mars/Olympus"})
     assert r.status_code == 422 and "timezone" in field_of(r)
     # A device moved to another subject, then taken off any.

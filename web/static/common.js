@@ -13,6 +13,8 @@ const LABELS = {
     exclusion: '禁止区', inclusion: '限制区', curfew: '宵禁', connected: '已连接',
     disconnected: '连接断开，重连中', lang: 'English', noteRequired: '处置需填写备注',
     status_open: '未确认', status_acknowledged: '已确认', status_resolved: '已处置',
+    expiring: '监管令将到期', orderUntil: '监管令至', orderEnded: '监管令已结束',
+    orderNone: '无监管令记录', orderExpiring: '7 日内到期',
   },
   en: {
     title: 'Tether command center', officer: 'Tether officer', playback: 'Track playback',
@@ -26,6 +28,8 @@ const LABELS = {
     exclusion: 'Exclusion', inclusion: 'Inclusion', curfew: 'Curfew', connected: 'Connected',
     disconnected: 'Disconnected, reconnecting', lang: '中文', noteRequired: 'A note is required',
     status_open: 'open', status_acknowledged: 'acknowledged', status_resolved: 'resolved',
+    expiring: 'Orders expiring', orderUntil: 'Order until', orderEnded: 'Order ended',
+    orderNone: 'No order recorded', orderExpiring: 'ends within 7 days',
   },
 };
 

@@ -5,8 +5,8 @@
 // never-clustered source so that no cluster hides them.
 import * as maplibregl from '/vendor/maplibre-gl/maplibre-gl.mjs';
 import {
-  alertCard, applyLabels, baseStyle, circle, escapeHtml, fromMap, geometryToMap, loadConfig,
-  loggedIn, t, toMap, toggleLang, wsUrl,
+  alertCard, api, applyLabels, baseStyle, circle, escapeHtml, fmtTime, fromMap, geometryToMap,
+  loadConfig, loggedIn, t, toMap, toggleLang, wsUrl,
 } from '/static/common.js';
 
 const SET_DATA_SHARE = 0.3; // a delta changing more than this share of features: setData
@@ -225,6 +225,33 @@ function select(sid, fly) {
   const s = subjects.get(sid);
   if (s && s.lon != null && fly) map.flyTo({ center: toMap(s.lon, s.lat), zoom: 15 });
   if (s) $('where').textContent = `${s.name} · ${(s.devices || []).map((d) => d.id).join(', ')}`;
+  if (s) showOrder(s);
+}
+
+// --- monitoring orders (contract §6): the selected subject's, and the count expiring ---------
+const ORDERS_EVERY_MS = 60_000;
+async function showOrder(s) {
+  let orders;
+  try { orders = await (await api(`/api/subjects/${s.id}/orders`)).json(); } catch { return; }
+  if (state.selected !== s.id) return;
+  const now = Date.now();
+  const current = orders.find((o) => o.in_force) || orders[0];
+  let text = t('orderNone');
+  if (current) {
+    const end = current.ended_at || current.ends_at;
+    text = `${t(Date.parse(end) <= now ? 'orderEnded' : 'orderUntil')} ${fmtTime(end)}`
+      + (current.expiring ? ` · ${t('orderExpiring')}` : '');
+  }
+  $('where').textContent += ` · ${text}`;
+}
+async function countExpiring() {
+  try {
+    const rows = await (await api('/api/stats')).json();
+    const ids = new Set(rows.map((r) => r.jurisdiction_id));
+    // The top rows of the caller's scope already count everything below them.
+    $('n-expiring').textContent = rows.filter((r) => !ids.has(r.parent_id))
+      .reduce((n, r) => n + r.orders_expiring, 0);
+  } catch { /* the next round tries again */ }
 }
 
 function search() {
@@ -382,6 +409,8 @@ async function main() {
   await new Promise((r) => map.on('load', r));
   addLayers();
   setInterval(() => { if (subjects.size) rebuild(); }, 30000); // subjects turning silent
+  countExpiring();
+  setInterval(countExpiring, ORDERS_EVERY_MS);
   connect();
 }
 
