@@ -11,7 +11,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import httpx
 
@@ -20,6 +19,7 @@ from simulators.devices import SimDevice, jitter_interval
 from simulators.geo import INDOOR_ACC, OUTDOOR_ACC, Area, Mover, routine
 from simulators.mqtt import Publisher
 from simulators.rest import Api
+from simulators.truth import Outcome, check
 
 ARM_S = 2.0  # zones are created once every device has reported (a curfew judges last fixes)
 GAP_PER_FIX = 0.004  # chance that a background device loses coverage at a report
@@ -53,20 +53,6 @@ class SimSubject:
     plan: scenarios.Plan | None = None
     id: int = 0
     moved_at: float = 0.0
-
-
-@dataclass(slots=True)
-class Outcome:
-    expected: int
-    raised: int
-    missed: list[dict]
-    spurious: list[dict]
-    matched: list[dict]
-    fixes_sent: int
-
-    def summary(self) -> dict:
-        return {"expected": self.expected, "raised": self.raised,
-                "missed": len(self.missed), "spurious": len(self.spurious)}
 
 
 class Fleet:
@@ -260,40 +246,8 @@ class Fleet:
                 d.gap_until = now + args["seconds"]
         return []
 
-    # --- truth -----------------------------------------------------------------------------
-
     async def check(self, api: Api, settle_s: float | None = None) -> Outcome:
-        """Waits up to `settle_s` for what is due, then compares with the alerts raised."""
-        since = datetime.fromtimestamp(self.wall0 - 60, UTC)
-        ids = {s.id: s.key for s in self.subjects}
-        deadline = time.monotonic() + (self.spec.settle_s if settle_s is None else settle_s)
-        while True:
-            ours = [a for a in await api.alerts(since) if a.get("subject_id") in ids]
-            matched, missed, spare = _match(self.expect, ours, ids, self.wall0)
-            if not missed or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.5)
-        return Outcome(len(self.expect), len(ours), missed, spare, matched, self.sent)
-
-
-def _match(expect: list[scenarios.Expect], alerts: list[dict], ids: dict[int, str],
-           wall0: float) -> tuple[list[dict], list[dict], list[dict]]:
-    left = list(alerts)
-    matched, missed = [], []
-    for e in expect:
-        hit = next((a for a in left if ids[a["subject_id"]] == e.subject and a["type"] == e.type
-                    and (e.late is None or bool(a.get("late")) == e.late)), None)
-        if hit is None:
-            missed.append({"subject": e.subject, "type": e.type, "due_s": round(e.at, 1),
-                           "late": e.late})
-            continue
-        left.remove(hit)
-        opened = datetime.fromisoformat(hit["opened_at"]).timestamp() - wall0
-        matched.append({"subject": e.subject, "type": e.type, "due_s": round(e.at, 1),
-                        "opened_s": round(opened, 1), "late": hit.get("late")})
-    spurious = [{"subject": ids[a["subject_id"]], "type": a["type"], "id": a["id"]}
-                for a in left]
-    return matched, missed, spurious
+        return await check(self, api, self.spec.settle_s if settle_s is None else settle_s)
 
 
 def _add(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:

@@ -55,9 +55,9 @@ def plan(name: str, key: str, t0: float, duration: float, timing: Timing,
     """The scenario `name` for subject `key`, its moment at run second t0; None when the run is
     too short for its truth to come due."""
     left = duration - t0 - 3
-    if name == "exclusion":  # at home 150 m from a zone's edge; drives in at t0
-        c = _offset(rng, 250)
-        travel = (150 + 20) / SPEEDS["drive"]
+    if name == "exclusion":  # at home 100 m from a zone's edge; drives in at t0
+        c = _offset(rng, 200)
+        travel = (100 + 20) / SPEEDS["drive"]
         return Plan(name, ("wearable",), zones=[{"kind": "exclusion", "at": c, "radius_m": 100}],
                     actions=[(t0, "go", {"to": c, "mode": "drive"})],
                     expect=[Expect(key, "exclusion_entry", t0 + travel)]) \
@@ -82,9 +82,9 @@ def plan(name: str, key: str, t0: float, duration: float, timing: Timing,
         return Plan(name, ("wearable",), zones=[zone],
                     actions=[(0, "move_to", {"to": _offset(rng, 400)})],
                     expect=[Expect(key, "curfew", at)])
-    if name == "victim":  # a victim 300 m away (link 150 m); drives to them at t0
-        v = _offset(rng, 300)
-        travel = (300 - 150 + 30) / SPEEDS["drive"]
+    if name == "victim":  # a victim 250 m away (link 150 m); drives to them at t0
+        v = _offset(rng, 250)
+        travel = (250 - 150 + 30) / SPEEDS["drive"]
         return Plan(name, ("wearable",), victim_at=v,
                     actions=[(t0, "go", {"to": (v[0] + 20, v[1]), "mode": "drive"})],
                     expect=[Expect(key, "victim_proximity", t0 + travel)]) \

@@ -138,14 +138,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                        args.username, password)
     print(f"tether simulate: {spec.subjects} subjects, one fix each every {args.interval:g} s,"
           f" {args.duration:g} s, scenarios {dict(spec.mix) or 'none'}", file=sys.stderr)
+    import httpx
+
+    from simulators.rest import ApiError
     try:
         import uvloop
-        out = uvloop.run(simulate(spec, s.mqtt_url, s.mqtt_root))
+        runner = uvloop.run
     except ImportError:
-        out = asyncio.run(simulate(spec, s.mqtt_url, s.mqtt_root))
+        runner = asyncio.run
+    try:
+        out = runner(simulate(spec, s.mqtt_url, s.mqtt_root))
+    except (ApiError, httpx.TransportError) as e:  # a wrong login or URL: say so, plainly
+        print(f"tether simulate: {e}", file=sys.stderr)
+        return 2
     summary = {**out.summary(), "messages": out.fixes_sent}
     print(f"ground truth: expected {out.expected}, raised {out.raised}, "
           f"missed {len(out.missed)}, spurious {len(out.spurious)}")
+    if out.skipped:
+        print(f"  not run (longer than the run allows): {', '.join(out.skipped)}")
     for m in out.matched:
         print(f"  ok       {m['type']:<18} {m['subject']}  due {m['due_s']} s,"
               f" opened {m['opened_s']} s{'  late' if m['late'] else ''}")

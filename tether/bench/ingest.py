@@ -67,7 +67,9 @@ async def _plain_drain(s: Settings, msgs: list[tuple[str, bytes]], topic: str) -
     return await sub.drain(len(msgs))
 
 
-async def _ingest_drain(s: Settings, msgs: list[tuple[str, bytes]], expected: int) -> float:
+async def _ingest_drain(s: Settings, msgs: list[tuple[str, bytes]], expected: int,
+                        burst: int | None = None) -> float:
+    """`burst=1`: the receiver's old path (one aiomqtt iterator step per message)."""
     before = store.count_fixes(s.database_url)
     async with ingest_worker(s) as worker:  # first: create the persistent session
         task = asyncio.create_task(worker.run(), name="bench-ingest-session")
@@ -77,6 +79,8 @@ async def _ingest_drain(s: Settings, msgs: list[tuple[str, bytes]], expected: in
             await task
     await _publish(Broker.from_url(s.mqtt_url), msgs)
     async with ingest_worker(s) as worker:
+        if burst is not None:
+            worker.source.burst = burst
         started = time.perf_counter()
         task = asyncio.create_task(worker.run(), name="bench-ingest")
         while store.count_fixes(s.database_url) - before < expected:  # noqa: ASYNC110 - polls the DB
@@ -97,7 +101,8 @@ def _copy_rate(url: str, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-async def run(s: Settings, n: int, batch: int, n_devices: int) -> dict:
+async def run(s: Settings, n: int, batch: int, n_devices: int,
+              compare_receive: bool = True) -> dict:
     tag = uuid.uuid4().hex[:8]
     u = urlsplit(s.database_url)
     admin = urlunsplit(u._replace(path="/postgres"))
@@ -122,6 +127,12 @@ async def run(s: Settings, n: int, batch: int, n_devices: int) -> dict:
             result[f"per_msg_{per_msg}"] = {
                 "messages": len(msgs), "broker_msgs_per_s": len(msgs) / plain,
                 "ingest_fixes_per_s": n / took, "ingest_msgs_per_s": len(msgs) / took}
+            if per_msg == 1 and compare_receive:  # the same load through the old receive path
+                s_o = s_k.model_copy(update={"mqtt_root": f"{s.mqtt_root}/m1old",
+                                             "mqtt_client_id": f"{s.mqtt_client_id}-1old"})
+                old = _payloads(devices, n, 1, s_o.mqtt_root)
+                took = await _ingest_drain(s_o, old, n, burst=1)
+                result["per_msg_1"]["ingest_fixes_per_s_receive_per_message"] = n / took
         return result
     finally:
         store.drop_database(admin, db)
@@ -147,6 +158,10 @@ def main(s: Settings, args: argparse.Namespace) -> int:
         ratio = v["ingest_msgs_per_s"] / v["broker_msgs_per_s"]
         print(f"    ingest drain, stored            {v['ingest_fixes_per_s']:>10,.0f} fixes/s"
               f"  = {ratio:.2f} x broker msgs/s, {v['ingest_fixes_per_s'] / copy:.2f} x COPY")
+        if "ingest_fixes_per_s_receive_per_message" in v:
+            old = v["ingest_fixes_per_s_receive_per_message"]
+            print(f"    same, receiver message by message {old:>8,.0f} fixes/s"
+                  f"  (bursts: {v['ingest_fixes_per_s'] / old:.2f} x)")
     if args.json:
         print(json.dumps(r, indent=2))
     return 0
