@@ -30,9 +30,15 @@ _OPEN = ("INSERT INTO alerts (type, severity, subject_id, device_id, zone_id, op
          " position, late, confidence, details, last_seen_at)"
          " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
          " ON CONFLICT (subject_id, type, coalesce(zone_id, 0)) WHERE status <> 'resolved'"
-         " DO UPDATE SET breach_count = alerts.breach_count + 1, cleared_at = NULL,"
+         " DO UPDATE SET breach_count = alerts.breach_count + 1,"
+         # Evidence dated before the incident cleared (a buffered upload, or a batch another
+         # worker committed after a newer one) is counted but neither reopens it nor moves it.
+         " cleared_at = CASE WHEN excluded.last_seen_at < alerts.cleared_at"
+         "  THEN alerts.cleared_at END,"
+         " position = CASE WHEN excluded.last_seen_at >= alerts.last_seen_at"
+         "  THEN excluded.position ELSE alerts.position END,"
          " last_seen_at = greatest(alerts.last_seen_at, excluded.last_seen_at),"
-         " position = excluded.position, updated_at = now()"
+         " updated_at = now()"
          " RETURNING id, (xmax = 0) AS inserted, status, severity, escalated_at")
 # Only an incident not cleared yet is cleared (`lifecycle.apply` says the same).
 _CLEAR = ("UPDATE alerts SET cleared_at = %s, updated_at = now() WHERE subject_id = %s"

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from api import live, pages, routes_casework, routes_enrol, routes_read
+from api import live, pages, routes_casework, routes_credentials, routes_enrol, routes_read
 from api.auth import Passwords
 from api.settings import ApiSettings
 from api.store import ApiStore, CheckViolation, DataError, Unavailable
@@ -66,6 +66,7 @@ def create_app(settings: ApiSettings, health: Health | None = None) -> FastAPI:
     app.state.passwords = Passwords(settings.login_concurrency)
     app.include_router(routes_enrol.router)
     app.include_router(routes_read.router)
+    app.include_router(routes_credentials.router)  # device logins on the broker
     app.include_router(routes_casework.router)
     app.state.hub = AlertHub(app.state.store, settings.database_url)
     app.add_api_websocket_route("/ws/alerts", alerts_socket)

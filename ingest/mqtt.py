@@ -15,10 +15,11 @@ the bound of this queue, and its overflow rule is "the broker holds the rest" - 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
@@ -45,13 +46,21 @@ class Broker:
     port: int
     username: str | None
     password: str | None
+    tls: bool = False
 
     @classmethod
     def from_url(cls, url: str) -> Broker:
         u = urlsplit(url)
-        if u.scheme not in ("mqtt", "tcp"):
-            raise ValueError(f"TETHER_MQTT_URL must be mqtt://host:port, not {url!r}")
-        return cls(u.hostname or "127.0.0.1", u.port or 1883, u.username, u.password)
+        if u.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
+            raise ValueError(f"TETHER_MQTT_URL must be mqtt:// or mqtts://host:port, not {url!r}")
+        tls = u.scheme in ("mqtts", "ssl")
+        return cls(u.hostname or "127.0.0.1", u.port or (8883 if tls else 1883),
+                   unquote(u.username) if u.username else None,
+                   unquote(u.password) if u.password else None, tls)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """mqtts: the system's trust store, or the CA file in SSL_CERT_FILE (a private CA)."""
+        return ssl.create_default_context() if self.tls else None
 
 
 BURST = 512  # messages handed over at once, at most
@@ -81,6 +90,7 @@ class MqttSource:
             client = aiomqtt.Client(
                 self.broker.host, self.broker.port, identifier=self.client_id,
                 username=self.broker.username, password=self.broker.password,
+                tls_context=self.broker.tls_context(),
                 protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, keepalive=30)
             # Before connecting: a persistent session redelivers as soon as CONNACK is sent.
             client._client.manual_ack_set(True)
@@ -130,6 +140,7 @@ class MqttPublisher:
     def __init__(self, broker: Broker, client_id: str = "") -> None:
         self._client = aiomqtt.Client(broker.host, broker.port, identifier=client_id or None,
                                       username=broker.username, password=broker.password,
+                                      tls_context=broker.tls_context(),
                                       protocol=aiomqtt.ProtocolVersion.V311,
                                       max_inflight_messages=1000)
         # Bulk publishers keep thousands of QoS 1 publishes in flight on purpose.
@@ -159,6 +170,8 @@ class PlainSubscriber:
 
     def _client(self) -> aiomqtt.Client:
         return aiomqtt.Client(self.broker.host, self.broker.port, identifier=self.client_id,
+                              username=self.broker.username, password=self.broker.password,
+                              tls_context=self.broker.tls_context(),
                               clean_session=False, protocol=aiomqtt.ProtocolVersion.V311)
 
     async def create_session(self) -> None:

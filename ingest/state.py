@@ -344,12 +344,21 @@ class StateBinding:
     async def run(self, load_rows: Callable[[], Awaitable[list[tuple]]],
                   interval_s: float) -> None:
         """Periodically: a Redis flushed or replaced while workers run is noticed within
-        `interval_s`, not at the next restart."""
+        `interval_s`, not at the next restart. After a rebuild, subjects still without state
+        are seeded once more at the next check: a batch in flight during the loss may have
+        written its state before the loss and committed its fixes after the rebuild read."""
+        again = False
         while True:
             try:
-                await self.ensure(load_rows)
-            except (RedisError, OSError) as e:
-                log.warning("rule state check postponed", error=str(e))
+                if await self.ensure(load_rows) != "same":
+                    again = True
+                elif again:
+                    again = False
+                    await self.seed(tracks_from(await load_rows()), time.time())
+            except Exception as e:  # a guard that dies guards nothing
+                logs.still_running()  # unless it is being stopped (a swallowed cancellation)
+                log.warning("rule state check postponed", error=str(e)[:300])
+            logs.still_running()
             await asyncio.sleep(interval_s)
 
 

@@ -32,7 +32,7 @@ broker_accounts=${TETHER_BROKER_ACCOUNTS:-/etc/tether/broker-accounts.json}
 dynsec_store=/var/lib/mosquitto/dynamic-security.json
 broker_auth_init() {
   local so pw
-  so=$(sed -n 's/^plugin \(.*\)$/\1/p' "$repo/scripts/mosquitto.conf")
+  so=$(sed -n 's/^plugin \(.*\)$/\1/p' "$repo/scripts/mosquitto-auth.conf")
   [ -f "$so" ] || { log "Mosquitto's dynamic-security plugin $so is missing (Debian's" \
     "mosquitto package ships it)"; exit 1; }
   if [ -f "$dynsec_store" ]; then
@@ -54,7 +54,18 @@ broker_auth_init() {
 # After the migrations: Tether's service accounts on the broker and in the database (and a
 # `dev` account that may publish as any device, for simulators and tests, only with
 # TETHER_DEV_BROKER=1 as scripts/test and scripts/demo set it).
+broker_auth() { [ "${TETHER_BROKER_AUTH:-0}" = 1 ]; }
+
+# The configuration the broker runs: the shared part, then either an open broker or logins.
+broker_conf() {
+  cat "$repo/scripts/mosquitto.conf"
+  if broker_auth; then cat "$repo/scripts/mosquitto-auth.conf"
+  else printf '\n# TETHER_BROKER_AUTH unset: an open broker (development and tests)\nallow_anonymous true\n'
+  fi
+}
+
 broker_logins() {
+  broker_auth || return 0
   local extra=()
   [ "${TETHER_DEV_BROKER:-0}" = 1 ] && extra=(dev)
   "$venv/bin/python" -m api.store.credentials "$broker_accounts" "${extra[@]}"
@@ -66,9 +77,9 @@ start_broker() {
   if id mosquitto >/dev/null 2>&1; then
     chown mosquitto: /run/mosquitto /var/lib/mosquitto /var/log/mosquitto
   fi
-  broker_auth_init
-  if ! cmp -s "$repo/scripts/mosquitto.conf" "$mconf"; then
-    cp "$repo/scripts/mosquitto.conf" "$mconf"; changed=1
+  if broker_auth; then broker_auth_init; fi
+  if ! broker_conf | cmp -s - "$mconf"; then
+    broker_conf > "$mconf"; changed=1
   fi
   pid=$(port_owner $MQTT_PORT)
   ours=$(cat "$rundir/mosquitto.pid" 2>/dev/null || true)

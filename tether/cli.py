@@ -47,7 +47,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    _run(serve(_settings(args), True, True))
+    _run(serve(_settings(args), True, True, workers=args.workers))
     return 0
 
 
@@ -56,7 +56,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.metrics_port or s.metrics_port:
         from prometheus_client import start_http_server
         start_http_server(args.metrics_port or s.metrics_port, addr=s.http_host)
-    _run(serve(s, True, False))
+    _run(serve(s, True, False, workers=args.workers))
     return 0
 
 
@@ -231,6 +231,9 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--port", type=int)
         sp.add_argument("--client-id", help="MQTT client id of this worker (one per worker)")
         sp.add_argument("--metrics-port", type=int, help="(ingest) serve /metrics here")
+        sp.add_argument("--workers", type=int, default=1,
+                        help="(serve, ingest) this many ingest processes on the shared "
+                             "subscription")
     sp = add("demo", cmd_demo, "seed a demo fleet and run everything")
     _fleet_args(sp, subjects=200, interval=5.0, scenarios="all")
     sp.add_argument("--host")

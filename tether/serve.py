@@ -41,8 +41,6 @@ def parts(s: Settings, health: Health, with_ingest: bool, with_api: bool,
             found[f"ingest-worker-{slot}"] = functools.partial(_child_worker, s, slot)
     elif with_ingest:
         found["ingest"] = functools.partial(_ingest, s, health)
-    if with_ingest:
-        found["rule-state-guard"] = functools.partial(_state_guard, s)
     if fleet:
         from simulators.fleet import run_fleet
         devices, interval = fleet
@@ -150,12 +148,25 @@ async def _ingest(s: Settings, health: Health, slot: int = 0) -> None:
     from ingest.runner import ingest_worker
     # Found afresh on each start: a database down now fails the part, which retries.
     s = await asyncio.to_thread(ingest_identity, s, slot)
+    logs.still_running()
     log.info("ingest identity", client_id=s.mqtt_client_id)
     async with _binding(s) as (binding, load_rows):
         await binding.ensure(load_rows)  # judge nothing against another database's state
-    # The worker supervises its own parts (writer, timers, ...) and reports them in `health`.
-    async with ingest_worker(s, health) as worker:
-        await worker.run()
+        # redis-py and psycopg can swallow a cancellation that arrives with their answer
+        # (Python 3.11's wait_for): a stop during start-up must not let the worker run on.
+        logs.still_running()
+        # Rule state stays this database's, and is rebuilt from PostgreSQL when lost.
+        guard = asyncio.create_task(binding.run(load_rows, STATE_CHECK_S),
+                                    name="ingest-state-guard")
+        try:
+            # The worker supervises its own parts (writer, timers, ...) and reports them in
+            # `health`.
+            async with ingest_worker(s, health) as worker:
+                await worker.run()
+        finally:
+            guard.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await guard
 
 
 STATE_CHECK_S = 5.0  # a Redis flushed under running workers is rebuilt within this
@@ -173,12 +184,6 @@ async def _binding(s: Settings):
                functools.partial(asyncio.to_thread, last_heard, s.database_url))
     finally:
         await state.close()
-
-
-async def _state_guard(s: Settings) -> None:
-    """Rule state in Redis is this database's, and is rebuilt from PostgreSQL when lost."""
-    async with _binding(s) as (binding, load_rows):
-        await binding.run(load_rows, STATE_CHECK_S)
 
 
 CHILD_STOP_S = 15.0  # a child worker's graceful stop: its batch committed and acked, or left

@@ -119,6 +119,7 @@ async def _measure(browser: Browser, base: str, zoom: float) -> dict:  # noqa: F
             "long_tasks": len(r["longtasks"])}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_ten_thousand_subjects_moving_once_a_second(browser: Browser) -> None:  # noqa: F811
     app = FastAPI()

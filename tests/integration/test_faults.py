@@ -158,9 +158,11 @@ class World:
                 "TETHER_OFFLINE_WEARABLE_S": "6", "TETHER_TICK_INTERVAL_S": "0.2"}
 
     def start_worker(self, slot: int = 0) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-c",
-                              "import sys; from tether.cli import main; sys.exit(main())",
-                              "ingest"], env=self.env(slot))
+        with open(self.pg.dir.parent / f"ingest-{slot}.log", "ab") as log:
+            p = subprocess.Popen([sys.executable, "-c",
+                                  "import sys; from tether.cli import main; sys.exit(main())",
+                                  "ingest"], env=self.env(slot), stdout=subprocess.DEVNULL,
+                                 stderr=log)
         self.workers.append(p)
         return p
 
@@ -176,15 +178,40 @@ class World:
                            " %s)", (d, s))
         return devices
 
+    async def subscribed(self) -> None:
+        """Until the ingest's session exists: before it, the broker has no one to keep a
+        device's message for (the setup's first `tether ingest` start creates it for good)."""
+        probe = self.enrol(1, f"probe{len(self.workers)}-")[0]
+        dev = self.accounts["dev"]
+        async with aiomqtt.Client("127.0.0.1", self.broker.port, username=dev["username"],
+                                  password=dev["password"]) as c:
+            for i in range(300):
+                await c.publish(f"{self.root}/devices/{probe}/loc", json.dumps(
+                    {"ts": time.time(), "lat": 1, "lon": 1, "seq": i}), qos=1)
+                with psycopg.connect(self.pg.url()) as db:
+                    if db.execute("SELECT 1 FROM fixes WHERE device_id = %s", (probe,)
+                                  ).fetchone():
+                        return
+                await asyncio.sleep(0.1)
+        raise AssertionError("the ingest worker never subscribed")
+
     def stored(self) -> tuple[set[tuple[str, int]], int]:
         """(the distinct (device, seq) stored, the number of rows)."""
         with psycopg.connect(self.pg.url()) as db:
-            rows = db.execute("SELECT device_id, seq FROM fixes").fetchall()
+            rows = db.execute("SELECT device_id, seq FROM fixes WHERE device_id NOT LIKE"
+                              " 'probe%'").fetchall()
         return set(rows), len(rows)
 
 
 @pytest.fixture
 def world() -> Iterator[World]:
+    with private_world() as w:
+        yield w
+
+
+@contextlib.contextmanager
+def private_world() -> Iterator[World]:
+    """PostgreSQL, Redis and Mosquitto of its own, migrated and provisioned; removed after."""
     base = Path(tempfile.mkdtemp(prefix="tether-faults-"))
     pg = PrivatePg.create(base)
     red = PrivateRedis(base)
@@ -228,6 +255,7 @@ class Fleet:
                 async with aiomqtt.Client("127.0.0.1", self.w.broker.port,
                                           username=dev["username"], password=dev["password"],
                                           protocol=aiomqtt.ProtocolVersion.V311) as c:
+                    c.pending_calls_threshold = 10_000  # one publish per device in flight
                     while self.running:
                         self.seq += 1
                         seq, now = self.seq, time.time()
@@ -257,8 +285,13 @@ async def fleet(w: World, devices: list[str], interval_s: float = 0.1) -> AsyncI
 
 async def settle(w: World, f: Fleet, what: str, limit_s: float = 60) -> None:
     """Wait until every acknowledged fix is stored, then report and check the counts."""
-    await eventually(lambda: f.acked <= w.stored()[0], limit_s,
-                     lambda: f"{len(f.acked - w.stored()[0])} acknowledged fixes not stored")
+    def missing() -> str:
+        gone = f.acked - w.stored()[0]
+        seqs = sorted({s for _, s in gone})
+        alive = [p.poll() for p in w.workers]
+        return (f"{len(gone)} acknowledged fixes not stored (seq {seqs[:3]}..{seqs[-3:]} of"
+                f" {f.seq}; workers' exit codes {alive})")
+    await eventually(lambda: f.acked <= w.stored()[0], limit_s, missing)
     kept, rows = w.stored()
     lost, duplicated = len(f.acked - kept), rows - len(kept)
     print(f"\n[{what}] sent {len(f.acked)}, stored {rows}, lost {lost}, duplicated {duplicated}")
@@ -272,6 +305,7 @@ async def test_postgres_down_30_s_loses_no_fix(world: World) -> None:
     w = world
     devices = w.enrol(20)
     w.start_worker()
+    await w.subscribed()
     async with fleet(w, devices) as f:
         await eventually(lambda: len(w.stored()[0]) > 100, 30, "ingest running")
         await asyncio.to_thread(w.pg.stop)
@@ -288,6 +322,7 @@ async def test_broker_restart_delivers_queued_qos1(world: World) -> None:
     w = world
     devices = w.enrol(20)
     worker = w.start_worker()
+    await w.subscribed()
     async with fleet(w, devices) as f:
         await eventually(lambda: len(w.stored()[0]) > 100, 30, "ingest running")
         # The worker away: the broker queues its share in the persistent session ...
@@ -309,6 +344,7 @@ async def test_sigkill_mid_batch_loses_and_doubles_nothing(world: World) -> None
     w = world
     devices = w.enrol(50)
     worker = w.start_worker()
+    await w.subscribed()
     async with fleet(w, devices, 0.02) as f:
         await eventually(lambda: len(w.stored()[0]) > 500, 30, "ingest running")
         for _ in range(3):  # killed three times while batches are in flight
@@ -326,6 +362,7 @@ async def test_redis_restart_keeps_alerts_once_and_flags_silent_trackers(world: 
     devices = w.enrol(10)
     silent = w.enrol(1, "quiet")[0]
     w.start_worker()
+    await w.subscribed()
     async with fleet(w, [*devices, silent]) as f:
         await eventually(lambda: (silent, 5) in w.stored()[0], 30, "the quiet one heard")
         f.devices = devices  # the quiet tracker stops here

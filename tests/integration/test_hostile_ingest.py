@@ -133,6 +133,7 @@ class _Loop:
         self.loop.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_hostile_corpus_and_fuzzer_leave_the_same_worker_judging(settings: Settings, db) -> None:
     j, subjects, devices = enrol(db, 2)

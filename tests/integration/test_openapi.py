@@ -49,6 +49,7 @@ def api_server(base_settings):
             db.execute("DELETE FROM login_failures")  # fuzzed logins must not lock out others
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(660)  # the fuzzer's own limit is 600 s; on an idle machine it takes ~30 s
 def test_no_server_errors_and_responses_match_the_schema(api_server) -> None:
     """Through the schemathesis command (its pytest plugin does not load under pytest 9)."""
