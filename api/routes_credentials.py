@@ -50,6 +50,10 @@ async def issue_credentials(device_id: DeviceIdPath, request: Request, db: Store
         except cred.BrokerUnavailable as e:
             log.warning("device login not issued", device=device_id, error=str(e))
             raise HTTPException(e.status, "the broker did not take the new login") from e
+        except Exception as e:  # the broker is outside: whatever it does is a 503, not a 500
+            log.exception("device login not issued", device=device_id)
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                                "the broker did not take the new login") from e
     log.info("device login issued", device=device_id, username=login.username,
              user=who.username)
     return {"username": login.username, "password": password}
