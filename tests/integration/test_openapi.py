@@ -58,6 +58,9 @@ def test_no_server_errors_and_responses_match_the_schema(api_server) -> None:
     run = subprocess.run(
         [cli, "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {token}",
          "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
-         "--max-examples", "40", "--seed", "7", "--workers", "1"],
+         "--max-examples", "40", "--seed", "7", "--workers", "1",
+         # Its documented 503 ("the broker manages no device logins") is right on a broker run
+         # without logins, as here; tests/integration/test_broker_auth.py covers it on one with.
+         "--exclude-path", "/api/devices/{device_id}/credentials"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
