@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 from api.settings import ApiSettings
 from api.store import ApiStore, Principal, Unavailable, reads
 from api.store import live as store_live
-from api.ws import AlertHub, Client, authenticate, serve_socket
+from api.ws import AlertHub, Client, accept, serve_socket
 from tether import channels, logs
 from tether.retry import Backoff
 from tether.supervise import Health, supervised
@@ -250,16 +250,7 @@ class _Closed(Exception):
 
 
 async def live_socket(ws: WebSocket) -> None:
-    await ws.accept()
-    try:
-        session = await authenticate(ws)
-    except Unavailable as e:
-        log.warning("websocket refused: database unavailable", error=str(e))
-        await ws.close(code=1013, reason="database unavailable; try again")
-        return
-    if session is None:
-        log.warning("websocket refused: no valid token", path=ws.url.path)
-        await ws.close(code=1008, reason="invalid or missing token")
+    if (session := await accept(ws)) is None:
         return
     hub: LiveHub = ws.app.state.live
     client, alerts = LiveClient(session.who), Client(session.who)

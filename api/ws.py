@@ -172,17 +172,23 @@ async def serve_socket(ws: WebSocket, session: Session, name: str,
             raise
 
 
-async def alerts_socket(ws: WebSocket) -> None:
+async def accept(ws: WebSocket) -> Session | None:
+    """Accept and authenticate a socket; None (the socket closed with its reason) if refused."""
     await ws.accept()
     try:
         session = await authenticate(ws)
     except Unavailable as e:
         log.warning("websocket refused: database unavailable", error=str(e))
         await ws.close(code=1013, reason="database unavailable; try again")
-        return
+        return None
     if session is None:
         log.warning("websocket refused: no valid token", path=ws.url.path)
         await ws.close(code=1008, reason="invalid or missing token")
+    return session
+
+
+async def alerts_socket(ws: WebSocket) -> None:
+    if (session := await accept(ws)) is None:
         return
     hub: AlertHub = ws.app.state.hub
     client = Client(session.who)
