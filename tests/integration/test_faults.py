@@ -318,6 +318,10 @@ async def test_postgres_down_30_s_loses_no_fix(world: World) -> None:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.xfail(strict=False, reason="open (issue 14): fixes the broker acknowledged around its "
+                   "restart are sometimes not delivered to the share group (seen 2 of 3 full "
+                   "runs: 80-100 of ~450); suspected Mosquitto 2.0 $share sessions across a "
+                   "restart; docs/faults.md")
 async def test_broker_restart_delivers_queued_qos1(world: World) -> None:
     w = world
     devices = w.enrol(20)
