@@ -8,7 +8,7 @@ silence); both mutate the given SubjectState and return RuleEvents. Nothing here
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -27,6 +27,7 @@ from geofence.rules import (
     force_open,
     step,
 )
+from geofence.schedule import BoundaryMemo
 from geofence.types import DeviceEvent, DeviceKind, Fix, Subject, VictimLink
 from geofence.zones import CompiledZone, ZoneIndex, applies
 
@@ -41,6 +42,7 @@ class World:
     zones: ZoneIndex
     subjects: dict[int, Subject]
     victims: dict[int, list[VictimLink]]  # by subject
+    boundaries: BoundaryMemo = field(default_factory=BoundaryMemo)  # schedules' next edges
 
 
 def _ts(t: float) -> datetime:
@@ -55,6 +57,9 @@ def zone_type(z: CompiledZone) -> str:
     if z.zone.kind == "exclusion":
         return "exclusion_entry"
     return "curfew" if z.zone.is_curfew else "inclusion_exit"
+
+
+_PARTNER = {DeviceKind.PHONE: DeviceKind.WEARABLE, DeviceKind.WEARABLE: DeviceKind.PHONE}
 
 
 class Judge:
@@ -134,10 +139,12 @@ class Judge:
     def device_rule(self, st: SubjectState, kind: RuleKind, type_: str, on: bool, at: datetime,
                     device_id: str, **kw: object) -> None:
         """A rule about the device itself: opened or cleared by one report, no hysteresis."""
-        r = st.rules.setdefault(keys.device(kind, device_id), Rule())
-        if on and force_open(r, at.timestamp()):
-            self.emit(OPEN, type_, at, device_id=device_id, **kw)
-        elif not on and force_clear(r):
+        key = keys.device(kind, device_id)
+        if on:
+            if force_open(st.rules.setdefault(key, Rule()), at.timestamp()):
+                self.emit(OPEN, type_, at, device_id=device_id, **kw)
+        # A rule never opened needs no state: not one empty rule per device and kind per fix.
+        elif (r := st.rules.get(key)) is not None and force_clear(r):
             self.emit(CLEAR, type_, at, device_id=device_id, **kw)
 
     def fix(self, st: SubjectState, f: Fix, near: list[CompiledZone]) -> None:
@@ -181,8 +188,7 @@ class Judge:
                                     v.radius_m, st.rules, False, None)
 
     def separation(self, st: SubjectState, f: Fix, kind: DeviceKind | None) -> None:
-        want = {DeviceKind.PHONE: DeviceKind.WEARABLE, DeviceKind.WEARABLE: DeviceKind.PHONE}
-        other_kind = want.get(kind)
+        other_kind = _PARTNER.get(kind)
         for dev, k in self.subject.devices.items():
             if k == other_kind and dev in st.tracks:
                 self.judge_pair("sep", "device_separation", f, st.tracks[dev],

@@ -125,3 +125,28 @@ def next_boundary(windows: tuple[Window, ...] | None, tz: ZoneInfo,
             break
         d += timedelta(days=1)
     return best
+
+
+class BoundaryMemo:
+    """`next_boundary`, remembered until it passes: for every time in [asked, boundary) the
+    answer is the same boundary, and thousands of subjects share one curfew schedule. Pure: the
+    caller passes the time. Bounded: emptied when full (a world reload makes a new one)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._known: dict[tuple, tuple[datetime, datetime]] = {}
+
+    def next(self, windows: tuple[Window, ...] | None, tz: ZoneInfo,
+             after: datetime) -> datetime | None:
+        if windows is None:
+            return None
+        key = (windows, tz)
+        hit = self._known.get(key)
+        if hit is not None and hit[0] <= after < hit[1]:
+            return hit[1]
+        b = next_boundary(windows, tz, after)
+        if b is not None:
+            if len(self._known) >= self.size:
+                self._known.clear()
+            self._known[key] = (after, b)
+        return b

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from geofence.rules import (
     force_open,
     step,
 )
-from geofence.schedule import boundaries, next_boundary
+from geofence.schedule import boundaries
 from geofence.types import DeviceKind, Subject
 from geofence.zones import CompiledZone, applies, suspended
 
@@ -39,11 +40,11 @@ def scheduled_zones(world: World, subject: Subject, st: SubjectState) -> list[Co
     near any of its devices' last positions."""
     found = {c.zone.id: c for c in world.zones.inclusion_for(subject) if c.zone.schedule}
     own = [t for d, t in st.tracks.items() if d in subject.devices and t.t]
-    if own:
-        near = world.zones.near(np.array([t.lon for t in own]), np.array([t.lat for t in own]))
+    if own:  # (scheduled inclusion zones are found by owner above, not by place)
+        near = world.zones.near_scheduled_exclusions(np.array([t.lon for t in own]),
+                                                     np.array([t.lat for t in own]))
         for zones in near:
-            found.update((c.zone.id, c) for c in zones
-                         if c.zone.schedule and c.zone.applies_to(subject))
+            found.update((c.zone.id, c) for c in zones if c.zone.applies_to(subject))
     return list(found.values())
 
 
@@ -160,10 +161,9 @@ def next_due(st: SubjectState, subject: Subject, world: World, s: RuleSettings,
              now: datetime) -> datetime:
     """When this subject next needs a tick (at most an hour away, as a safety net)."""
     due = now + timedelta(hours=1)
-    tz_zones = scheduled_zones(world, subject, st)
-    judge_tz = Judge(world, subject, s).tz
-    for c in tz_zones:
-        b = next_boundary(c.zone.schedule, judge_tz, now)
+    tz = ZoneInfo(subject.timezone)
+    for c in scheduled_zones(world, subject, st):
+        b = world.boundaries.next(c.zone.schedule, tz, now)
         if b is not None:
             due = min(due, b)
         if c.zone.created_at > now:

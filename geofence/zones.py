@@ -206,6 +206,11 @@ class ZoneIndex:
         self._spatial = [c for c in (*self.by_id.values(), *past) if c.zone.kind == "exclusion"
                          or c.zone.schedule is not None]
         self._tree = shapely.STRtree([shapely.box(*c.bbox) for c in self._spatial])
+        # Scheduled exclusion zones, asked for per subject by the timers (`next_due`): usually
+        # none, and then no per-subject query at all.
+        self._timed = [c for c in self._spatial
+                       if c.zone.kind == "exclusion" and c.zone.schedule is not None]
+        self._timed_tree = shapely.STRtree([shapely.box(*c.bbox) for c in self._timed])
         # Inclusion zones are judged wherever the subject is, so they are found by owner, not
         # by place: per subject, and per jurisdiction for shared ones (e.g. a county border).
         self._incl_subject: dict[int, list[CompiledZone]] = {}
@@ -220,6 +225,11 @@ class ZoneIndex:
     def __len__(self) -> int:
         return len(self.by_id)
 
+    @property
+    def spatial(self) -> bool:
+        """Whether any zone is found by place (`near`): none, and no fix needs the query."""
+        return bool(self._spatial)
+
     def near(self, lons: np.ndarray, lats: np.ndarray) -> list[list[CompiledZone]]:
         """Per point, the exclusion (and scheduled) zones whose box contains it: one query."""
         out: list[list[CompiledZone]] = [[] for _ in range(len(lons))]
@@ -228,6 +238,17 @@ class ZoneIndex:
         pts, hits = self._tree.query(shapely.points(lons, lats), predicate="intersects")
         for p, h in zip(pts.tolist(), hits.tolist(), strict=True):
             out[p].append(self._spatial[h])
+        return out
+
+    def near_scheduled_exclusions(self, lons: np.ndarray, lats: np.ndarray
+                                  ) -> list[list[CompiledZone]]:
+        """`near`, for the scheduled exclusion zones only."""
+        out: list[list[CompiledZone]] = [[] for _ in range(len(lons))]
+        if not self._timed or not len(lons):
+            return out
+        pts, hits = self._timed_tree.query(shapely.points(lons, lats), predicate="intersects")
+        for p, h in zip(pts.tolist(), hits.tolist(), strict=True):
+            out[p].append(self._timed[h])
         return out
 
     def at(self, zone_id: int, t: datetime) -> CompiledZone | None:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+
+from msgspec.structs import replace
 
 from geofence.geodesy import haversine_m
 from geofence.types import Fix, Reject, Subject
@@ -136,9 +138,15 @@ def outside_orders(fixes: Iterable[Fix], owner: Mapping[str, Sequence[int]],
     registry check and the engine decide about those)."""
     kept: list[Fix] = []
     dropped: Counter[tuple[str, date]] = Counter()
-    for f in fixes:
-        owners = [subjects[s] for s in owner.get(f.device_id, ()) if s in subjects]
-        if owners and not any(s.monitored(f.fix_time) for s in owners):
+    for f in fixes:  # per fix on the hot path: no list or generator per fix
+        monitored = None  # None: no known subject owns the device
+        for sid in owner.get(f.device_id, ()):
+            subject = subjects.get(sid)
+            if subject is not None:
+                monitored = subject.monitored(f.fix_time)
+                if monitored:
+                    break
+        if monitored is False:
             dropped[(f.device_id, f.fix_time.astimezone(UTC).date())] += 1
         else:
             kept.append(f)

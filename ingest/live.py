@@ -12,10 +12,9 @@ not objects, because a 2,000-fix batch is then about half the bytes to publish a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
+import msgspec
 from prometheus_client import Counter
 
 from geofence.types import Fix
@@ -28,14 +27,23 @@ publish_failures = Counter("tether_live_publish_failures_total",
                            "batches whose live positions could not be published")
 
 
-@dataclass(frozen=True, slots=True)
-class LivePosition:
+class LivePosition(msgspec.Struct, frozen=True, array_like=True):
+    """Encoded as the array the screens read (array_like), by msgspec in C: one per fix."""
+
     subject_id: int
     device_id: str
     lat: float
     lon: float
     fix_time: float  # Unix epoch seconds
     accuracy_m: float | None
+
+
+class _Message(msgspec.Struct):
+    v: int
+    items: list[LivePosition]
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 def positions(fixes: Iterable[Fix], subject_of: Mapping[str, object]) -> list[LivePosition]:
@@ -57,10 +65,8 @@ def positions(fixes: Iterable[Fix], subject_of: Mapping[str, object]) -> list[Li
     return out
 
 
-def encode(items: Iterable[LivePosition]) -> bytes:
-    return json.dumps({"v": 1, "items": [
-        [p.subject_id, p.device_id, round(p.lat, 7), round(p.lon, 7), p.fix_time,
-         p.accuracy_m] for p in items]}, separators=(",", ":")).encode()
+def encode(items: list[LivePosition]) -> bytes:
+    return _encode(_Message(1, items))
 
 
 class LivePublisher:

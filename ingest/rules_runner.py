@@ -180,9 +180,11 @@ class Rules:
             # it now rather than store its first fixes unjudged.
             await self.reload()
         world = self.world
-        near_lists = world.zones.near(np.array([f.lon for f in fixes]),
-                                      np.array([f.lat for f in fixes]))
-        near = {f: z for f, z in zip(fixes, near_lists, strict=True)}
+        near: dict[Fix, list] = {}
+        if world.zones.spatial:  # one vectorised index query for the whole batch
+            near_lists = world.zones.near(np.fromiter((f.lon for f in fixes), float, len(fixes)),
+                                          np.fromiter((f.lat for f in fixes), float, len(fixes)))
+            near = {f: z for f, z in zip(fixes, near_lists, strict=True) if z}
         by_fix, by_event = self._group(fixes, events)
         pending = {sid for sid in (*by_fix, *by_event) if sid in world.subjects}
         now = datetime.now(UTC)

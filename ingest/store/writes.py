@@ -80,8 +80,14 @@ class BatchTx:
                 for f in fixes:
                     await copy.write_row(_fix_row(f))
             await cur.execute(_MERGE_FIXES)
-            fresh = set(await cur.fetchall())
-            new_fixes = [f for f in fixes if (f.device_id, f.fix_time) in fresh]
+            fresh = await cur.fetchall()
+            # The usual case, every row new, needs no lookup: the returned keys are distinct
+            # and each is one of the batch's, so as many keys as fixes means all of them.
+            if len(fresh) == len(fixes):
+                new_fixes = list(fixes)
+            else:
+                keys = set(fresh)
+                new_fixes = [f for f in fixes if (f.device_id, f.fix_time) in keys]
         if events:
             await cur.executemany(_INSERT_EVENT, [
                 (e.device_id, e.event_time, e.type, e.received_at, e.lat, e.lon,

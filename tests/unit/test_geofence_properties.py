@@ -132,6 +132,19 @@ def test_next_boundary_is_the_first_of_the_boundaries(raw, tz_name, quarter_hour
     assert next_boundary(windows, tz, t0) == (expected[0][0] if expected else None)
 
 
+@settings(max_examples=100, deadline=None)
+@given(windows_st, zones_st, st.lists(st.integers(0, 14 * 24 * 60), min_size=1, max_size=30))
+def test_the_boundary_memo_answers_as_next_boundary_does(raw, tz_name, minutes) -> None:
+    """The memo (one schedule shared by thousands of subjects) never returns a stale edge,
+    whatever order the times are asked in (workers' clocks and late batches go back)."""
+    from geofence.schedule import BoundaryMemo, next_boundary
+    windows, tz = parse_schedule(raw), zone_info(tz_name)
+    memo = BoundaryMemo(size=2)
+    for m in minutes:
+        t = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(minutes=m, seconds=m % 7)
+        assert memo.next(windows, tz, t) == next_boundary(windows, tz, t)
+
+
 def test_an_index_reuses_unchanged_zones_and_recompiles_changed_ones() -> None:
     a = Zone(1, "a", "exclusion", square(100), 1, EPOCH)
     b = Zone(2, "b", "exclusion", square(200), 1, EPOCH)
