@@ -269,6 +269,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--near-misses", type=int, default=20)
     sp.add_argument("--copy-rows", type=int, default=200_000)
     sp.add_argument("--settle-s", type=float, default=3.0)
+    sp.add_argument("--hold-fraction", type=float, default=0.9,
+                    help="(--duration) the hold offers this fraction of the highest rate that "
+                    "kept up during the rise")
     sp.add_argument("--metrics-port", type=int, default=19400,
                     help="(--duration) first of the workers' metrics ports")
     sp.add_argument("--engine", action="store_true",

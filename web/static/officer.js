@@ -66,7 +66,7 @@ function notify(a) {
 function connect(backoff = 500) {
   const ws = new WebSocket(wsUrl('/ws/alerts'));
   state.socket = ws;
-  ws.onopen = () => { $('conn').textContent = t('connected'); $('conn').className = 'conn ok'; };
+  ws.onopen = () => { $('conn').textContent = t('connected'); $('conn').className = 'conn ok'; backoff = 500; };
   ws.onmessage = async (ev) => {
     const msg = JSON.parse(ev.data);
     if (msg.type !== 'alert') return;
@@ -81,7 +81,8 @@ function connect(backoff = 500) {
     $('conn').textContent = t('disconnected'); $('conn').className = 'conn down';
     if (ev.code === 1008) { sessionStorage.removeItem('tether.token'); location.reload(); return; }
     // 1013: too far behind; the reload over REST below catches up
-    setTimeout(() => { load().then(() => connect(Math.min(backoff * 2, 10000))); }, backoff);
+    // The API may still be down: a failed reload must not end the reconnecting.
+    setTimeout(() => { load().catch(() => {}).finally(() => connect(Math.min(backoff * 2, 10000))); }, backoff);
   };
 }
 
