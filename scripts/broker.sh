@@ -54,13 +54,14 @@ broker_auth_init() {
 # After the migrations: Tether's service accounts on the broker and in the database (and a
 # `dev` account that may publish as any device, for simulators and tests, only with
 # TETHER_DEV_BROKER=1 as scripts/test and scripts/demo set it).
-broker_auth() { [ "${TETHER_BROKER_AUTH:-0}" = 1 ]; }
+# Logins are on unless TETHER_BROKER_AUTH=0 (an open broker, for a development machine only).
+broker_auth() { [ "${TETHER_BROKER_AUTH:-1}" = 1 ]; }
 
 # The configuration the broker runs: the shared part, then either an open broker or logins.
 broker_conf() {
   cat "$repo/scripts/mosquitto.conf"
   if broker_auth; then cat "$repo/scripts/mosquitto-auth.conf"
-  else printf '\n# TETHER_BROKER_AUTH unset: an open broker (development and tests)\nallow_anonymous true\n'
+  else printf '\n# TETHER_BROKER_AUTH=0: an open broker (development only)\nallow_anonymous true\n'
   fi
 }
 

@@ -28,6 +28,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _as_dev(s: Settings) -> str:
+    """The broker URL for simulators and benches, which publish as any device: the setup's
+    `dev` account (made only with TETHER_DEV_BROKER=1, as scripts/test and scripts/demo set
+    it), unless the URL names a user; with no such account, the URL as given (an open broker).
+    """
+    from api.store.credentials import service_url
+    return service_url(s.database_url, s.mqtt_url, "dev")
+
+
 def _run(coro) -> None:
     try:
         import uvloop  # faster event loop where available
@@ -103,7 +112,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"  login     admin / {password} (TETHER_DEMO_PASSWORD)\n"
           f"  database  psql {s.database_url} -c 'select count(*) from fixes'\n"
           "Ctrl-C stops it.", flush=True)
-    _run(serve(s, True, True, (spec, args.interval)))
+    _run(serve(s, True, True, (spec, args.interval, _as_dev(s))))
     return 0
 
 
@@ -118,6 +127,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from geofence.bench import main as engine_main
         return engine_main(args.subjects, args.zones)
     s = _settings(args)
+    s = s.model_copy(update={"mqtt_url": _as_dev(s)})
     if args.duration is not None:
         from tether.bench.saturate import main as saturate_main
         return saturate_main(s, args)
@@ -147,7 +157,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except ImportError:
         runner = asyncio.run
     try:
-        out = runner(simulate(spec, s.mqtt_url, s.mqtt_root))
+        out = runner(simulate(spec, _as_dev(s), s.mqtt_root))
     except (ApiError, httpx.TransportError) as e:  # a wrong login or URL: say so, plainly
         print(f"tether simulate: {e}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ class Backoff:
 
     async def wait(self) -> float:
         waited = self.delay
+        logs.still_running()  # never sleep on a cancellation a library swallowed
         await asyncio.sleep(waited)
         self.delay = min(self.delay * 2, self.cap)
         return waited
@@ -55,4 +56,8 @@ async def every(interval_s: float, op: Callable[[], Awaitable[object]],
         except retry_on as e:
             logs.still_running()
             log.warning("periodic task failed; next run as usual", op=what, error=str(e))
+        # A cancellation swallowed inside `op` (Python 3.11's wait_for in psycopg_pool) would
+        # otherwise leave this task asleep for the whole interval, and a TaskGroup stopping the
+        # process waiting for it (seen: `tether serve` hanging on cancel, retention asleep).
+        logs.still_running()
         await asyncio.sleep(interval_s)

@@ -28,7 +28,7 @@ API_STOP_S = 5.0  # on shutdown, open requests and sockets get this long to fini
 
 
 def parts(s: Settings, health: Health, with_ingest: bool, with_api: bool,
-          fleet: tuple[list, float] | None = None, workers: int = 1) -> dict[str, Part]:
+          fleet: tuple[list, float, str] | None = None, workers: int = 1) -> dict[str, Part]:
     """What one process runs, by name. Each part builds its resources afresh when it starts,
     so a restart after a failure begins clean. `workers` > 1: that many ingest processes, each
     a child of this one (a worker per core; Python holds one core per process)."""
@@ -43,9 +43,8 @@ def parts(s: Settings, health: Health, with_ingest: bool, with_api: bool,
         found["ingest"] = functools.partial(_ingest, s, health)
     if fleet:
         from simulators.fleet import run_fleet
-        devices, interval = fleet
-        found["fleet"] = functools.partial(run_fleet, s.mqtt_url, s.mqtt_root,
-                                           devices, interval)
+        devices, interval, fleet_url = fleet  # the fleet logs in as the setup's `dev` account
+        found["fleet"] = functools.partial(run_fleet, fleet_url, s.mqtt_root, devices, interval)
     return found
 
 
@@ -58,7 +57,7 @@ async def run_parts(named: dict[str, Part], health: Health, max_backoff_s: float
 
 
 async def serve(s: Settings, with_ingest: bool, with_api: bool,
-                 fleet: tuple[list, float] | None = None, health: Health | None = None,
+                 fleet: tuple[list, float, str] | None = None, health: Health | None = None,
                  workers: int = 1) -> None:
     """Until cancelled, or until SIGTERM/SIGINT: both cancel every part, so each closes what
     it holds (the ingest worker's unacknowledged messages stay with the broker and come back

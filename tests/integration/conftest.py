@@ -14,6 +14,7 @@ import psycopg
 import pytest
 import redis
 
+from api.store.credentials import service_url
 from ingest.mqtt import Broker, MqttPublisher
 from ingest.pipeline import Ingest
 from ingest.runner import ingest_worker
@@ -44,6 +45,9 @@ def base_settings(run_id: str) -> Iterator[Settings]:
     migrate(url, base.migrations_dir)  # None: the migrations shipped with the package
     settings = base.model_copy(update={
         "database_url": url,
+        # The tests publish as any device: the setup's `dev` broker account (scripts/test sets
+        # TETHER_DEV_BROKER=1); an open broker needs none.
+        "mqtt_url": service_url(url, base.mqtt_url, "dev"),
         "mqtt_root": f"test-{run_id}/tether/v1",
         "owntracks_root": f"test-{run_id}/owntracks",
         "redis_prefix": f"test-{run_id}:",

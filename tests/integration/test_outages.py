@@ -87,7 +87,9 @@ async def test_broker_outage_loses_nothing(settings: Settings, db, register, pub
     (d,) = register(f"mqout-{uuid.uuid4().hex[:8]}")
     m = urlsplit(settings.mqtt_url)
     proxy = await CuttableProxy(m.hostname, m.port or 1883).start()
-    s = settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{proxy.port}"})
+    login = m.netloc.rpartition("@")[0]  # the same broker login, through the proxy
+    s = settings.model_copy(update={
+        "mqtt_url": f"mqtt://{login + '@' if login else ''}127.0.0.1:{proxy.port}"})
     try:
         async with running(s) as worker:
             await publish_all(publisher, fixes(d, s.mqtt_root, 0, 100))

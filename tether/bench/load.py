@@ -29,11 +29,14 @@ class Target:
     port: int
     topics: list[str]  # per device: the topic
     tails: list[list[bytes]]  # per device: pre-encoded `,"lat":..}` pieces
+    login: tuple[str, str] | None = None  # the broker account (the setup's `dev` one)
 
 
-def _client(client_id: str, clean: bool = True) -> paho.Client:
+def _client(client_id: str, login: tuple[str, str] | None, clean: bool = True) -> paho.Client:
     c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
                     clean_session=clean, protocol=paho.MQTTv311)
+    if login is not None:
+        c.username_pw_set(*login)
     c.max_inflight_messages_set(0)  # unlimited here: bounded by MAX_UNACKED instead
     c.max_queued_messages_set(0)
     return c
@@ -43,7 +46,7 @@ def generator(target: Target, client_id: str, rate: mp.Value, stop: mp.Event,
               counts: mp.Array, slot: int) -> None:
     """counts[slot*3 .. +3] = published, acked, cpu seconds (updated as it goes)."""
     acked = [0]
-    c = _client(client_id)
+    c = _client(client_id, target.login)
     c.on_publish = lambda *_a: acked.__setitem__(0, acked[0] + 1)
     c.connect(target.host, target.port, keepalive=60)
     c.loop_start()
@@ -82,14 +85,14 @@ def generator(target: Target, client_id: str, rate: mp.Value, stop: mp.Event,
 
 
 def bare_subscriber(host: str, port: int, topic: str, client_id: str, stop: mp.Event,
-                    counts: mp.Array) -> None:
+                    counts: mp.Array, login: tuple[str, str] | None = None) -> None:
     """The baseline: a QoS 1 subscriber that only counts (paho acks on receipt)."""
     got = [0]
 
     def on_message(*_a: object) -> None:
         got[0] += 1
 
-    c = _client(client_id)
+    c = _client(client_id, login)
     c.on_message = on_message
     c.on_connect = lambda cl, *_a: cl.subscribe(topic, qos=1)
     c.connect(host, port, keepalive=60)
@@ -107,13 +110,13 @@ class Load:
     """`procs` generator processes sharing the devices; `set(rate)` spreads a total rate."""
 
     def __init__(self, host: str, port: int, topics: list[str], tails: list[list[bytes]],
-                 procs: int, tag: str) -> None:
+                 procs: int, tag: str, login: tuple[str, str] | None = None) -> None:
         ctx = mp.get_context("spawn")  # no copy of the bench's event loop or sockets
         self.rate = [ctx.Value("d", 0.0, lock=False) for _ in range(procs)]
         self.stop = ctx.Event()
         self.counts = ctx.Array("d", procs * 3, lock=False)
         self.procs = [ctx.Process(target=generator, name=f"bench-load-{k}", daemon=True, args=(
-            Target(host, port, topics[k::procs], tails[k::procs]), f"{tag}-load{k}",
+            Target(host, port, topics[k::procs], tails[k::procs], login), f"{tag}-load{k}",
             self.rate[k], self.stop, self.counts, k)) for k in range(procs)]
         for p in self.procs:
             p.start()

@@ -34,6 +34,10 @@ from tether.bench.probes import Truth, Workers, _pct, _proc_cpu
 from tether.config import Settings
 
 
+def _login(b: Broker) -> tuple[str, str] | None:
+    return None if b.username is None else (b.username, b.password or "")
+
+
 async def _passthrough(s: Settings, w: bworld.BenchWorld, tails: list[list[bytes]], tag: str,
                        procs: int, seconds: float) -> float:
     """The broker's ceiling for this load: generators at full speed, one bare subscriber."""
@@ -43,11 +47,12 @@ async def _passthrough(s: Settings, w: bworld.BenchWorld, tails: list[list[bytes
     b = Broker.from_url(s.mqtt_url)
     root = f"{s.mqtt_root}-pt"
     sub = ctx.Process(target=loadgen.bare_subscriber, name="bench-bare-subscriber",
-                      args=(b.host, b.port, f"{root}/#", f"{tag}-bare", stop, counts))
+                      args=(b.host, b.port, f"{root}/#", f"{tag}-bare", stop, counts,
+                            _login(b)))
     sub.start()
     await asyncio.sleep(1.0)
     load = loadgen.Load(b.host, b.port, [f"{root}/devices/{d}/loc" for d in w.devices], tails,
-                        procs, f"{tag}-pt")
+                        procs, f"{tag}-pt", _login(b))
     try:
         load.set(1e9)
         await asyncio.sleep(1.5)  # connected and up to speed
@@ -160,7 +165,8 @@ async def run(s: Settings, args: argparse.Namespace) -> dict:
         workers = Workers(s, args.workers, tag, args.metrics_port)
         await workers.ready()
         load = loadgen.Load(b.host, b.port, [f"{s.mqtt_root}/devices/{d}/loc"
-                                             for d in w.devices], tails, args.generators, tag)
+                                             for d in w.devices], tails, args.generators, tag,
+                            _login(b))
         truth = Truth(w, s.mqtt_root, url)
         times: dict[str, float] = {}  # breach moments, set when the hold starts
         async with MqttPublisher(b, f"{tag}-truth") as pub:
