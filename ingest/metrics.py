@@ -1,5 +1,8 @@
 """Prometheus metrics of the ingest stages (served by the API's /metrics)."""
 
+import gc
+import time
+
 from prometheus_client import Counter, Gauge, Histogram
 
 messages = Counter("tether_ingest_messages_total", "MQTT messages received", ["route"])
@@ -24,3 +27,24 @@ dead_letters = Counter("tether_ingest_dead_letters_total", "messages set aside a
                        "failing the same non-transient way repeatedly")
 rule_state_rebuilt = Counter("tether_rule_state_rebuilt_total", "subject rule states that did "
                              "not decode and were started afresh")
+gc_pause = Histogram("tether_gc_pause_seconds", "pauses of Python's cyclic garbage collector "
+                     "(the whole worker waits)", ["generation"],
+                     buckets=(.001, .005, .01, .05, .1, .25, .5, 1, 2.5))
+
+
+_gc_started = [0.0]
+
+
+def _gc_timed(phase: str, info: dict) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    else:
+        gc_pause.labels(str(info.get("generation", "?"))).observe(
+            time.perf_counter() - _gc_started[0])
+
+
+def watch_gc() -> None:
+    """Time every collection: a worker holding thousands of subjects' state can pause long
+    enough to show in publish → stored latency, and this says whether it does."""
+    if _gc_timed not in gc.callbacks:
+        gc.callbacks.append(_gc_timed)

@@ -144,7 +144,9 @@ async def _delivery(s: Settings) -> None:
 
 
 async def _ingest(s: Settings, health: Health, slot: int = 0) -> None:
+    from ingest import metrics
     from ingest.runner import ingest_worker
+    metrics.watch_gc()
     # Found afresh on each start: a database down now fails the part, which retries.
     s = await asyncio.to_thread(ingest_identity, s, slot)
     logs.still_running()
