@@ -9,6 +9,7 @@ loser on fresh state, so no breach is raised twice or missed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -126,6 +127,10 @@ class Rules:
         rows = await self.store.load_world()
         self.world, self.owner = await asyncio.to_thread(
             build_world, rows, self.world, self.rs.leave_grace_s, self.rs.leave_travel_s)
+        # The world (tens of thousands of compiled zones) lives until the next reload: out of
+        # the collector's scans, whose full passes paused a worker 0.1-0.5 s each under the
+        # fleet bench (tether_gc_pause_seconds). Refcounting still frees an old world.
+        gc.freeze()
         self.loaded.set()
         # New zones or schedules may start windows now: every subject gets a look at once.
         await self.states.make_due(self.world.subjects, time.time(), only_new=False)
