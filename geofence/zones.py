@@ -232,24 +232,12 @@ class ZoneIndex:
 
     def near(self, lons: np.ndarray, lats: np.ndarray) -> list[list[CompiledZone]]:
         """Per point, the exclusion (and scheduled) zones whose box contains it: one query."""
-        out: list[list[CompiledZone]] = [[] for _ in range(len(lons))]
-        if not self._spatial or not len(lons):
-            return out
-        pts, hits = self._tree.query(shapely.points(lons, lats), predicate="intersects")
-        for p, h in zip(pts.tolist(), hits.tolist(), strict=True):
-            out[p].append(self._spatial[h])
-        return out
+        return _query(self._tree, self._spatial, lons, lats)
 
     def near_scheduled_exclusions(self, lons: np.ndarray, lats: np.ndarray
                                   ) -> list[list[CompiledZone]]:
         """`near`, for the scheduled exclusion zones only."""
-        out: list[list[CompiledZone]] = [[] for _ in range(len(lons))]
-        if not self._timed or not len(lons):
-            return out
-        pts, hits = self._timed_tree.query(shapely.points(lons, lats), predicate="intersects")
-        for p, h in zip(pts.tolist(), hits.tolist(), strict=True):
-            out[p].append(self._timed[h])
-        return out
+        return _query(self._timed_tree, self._timed, lons, lats)
 
     def at(self, zone_id: int, t: datetime) -> CompiledZone | None:
         """The version of a zone in force at `t` (the current one if none was)."""
@@ -263,3 +251,15 @@ class ZoneIndex:
         for j in subject.jurisdiction_path:
             out.extend(self._incl_shared.get(j, ()))
         return out
+
+
+def _query(tree: shapely.STRtree, zones: list[CompiledZone], lons: np.ndarray,
+           lats: np.ndarray) -> list[list[CompiledZone]]:
+    """Per point, the zones of `tree` (built over `zones`' boxes) whose box contains it."""
+    out: list[list[CompiledZone]] = [[] for _ in range(len(lons))]
+    if not zones or not len(lons):
+        return out
+    pts, hits = tree.query(shapely.points(lons, lats), predicate="intersects")
+    for p, h in zip(pts.tolist(), hits.tolist(), strict=True):
+        out[p].append(zones[h])
+    return out
