@@ -129,7 +129,11 @@ class Rules:
             build_world, rows, self.world, self.rs.leave_grace_s, self.rs.leave_travel_s)
         # The world (tens of thousands of compiled zones) lives until the next reload: out of
         # the collector's scans, whose full passes paused a worker 0.1-0.5 s each under the
-        # fleet bench (tether_gc_pause_seconds). Refcounting still frees an old world.
+        # fleet bench (tether_gc_pause_seconds). Frozen objects are never collected, so the
+        # previous freeze is undone and the garbage collected first: an old world caught in a
+        # reference cycle is freed here, once per reload, instead of kept for good.
+        gc.unfreeze()
+        gc.collect()
         gc.freeze()
         self.loaded.set()
         # New zones or schedules may start windows now: every subject gets a look at once.
