@@ -81,22 +81,25 @@ class Judge:
 
     # --- fixes ---------------------------------------------------------------------------------
 
-    def zones_for(self, f: Fix, near: list[CompiledZone], rules: dict[str, Rule]) -> dict:
+    def zones_for(self, f: Fix, near: list[CompiledZone], *rule_sets: dict[str, Rule]) -> dict:
         found = {c.zone.id: c for c in near if c.zone.applies_to(self.subject)}
         for c in self.w.zones.inclusion_for(self.subject):
             found[c.zone.id] = c
-        for key, r in rules.items():  # a breach or pending one must see the fix that ends it
-            k = keys.parse(key) if r.st != "clear" else None
-            if k and k.kind in ZONE_KINDS and k.device_id == f.device_id:
-                zid = k.ref
-                if zid in self.w.zones.by_id:
-                    found[zid] = self.w.zones.by_id[zid]
+        for rules in rule_sets:
+            for key, r in rules.items():  # a breach or pending one must see the fix ending it
+                k = keys.parse(key) if r.st != "clear" else None
+                if k and k.kind in ZONE_KINDS and k.device_id == f.device_id:
+                    zid = k.ref
+                    if zid in self.w.zones.by_id:
+                        found[zid] = self.w.zones.by_id[zid]
         return found
 
-    def judge_zones(self, f: Fix, near: list[CompiledZone], rules: dict[str, Rule]) -> None:
-        t, acc = f.fix_time.timestamp(), self.s.accuracy(f.accuracy_m)
+    def zone_checks(self, f: Fix, near: list[CompiledZone],
+                    *rule_sets: dict[str, Rule]) -> list[tuple[str, str, float | None, int, str]]:
+        """The zone evidence of one fix: (rule key, alert type, signed depth, zone id, name)."""
+        checks: list[tuple[str, str, float | None, int, str]] = []
         frames: dict = {}
-        for zid, c in self.zones_for(f, near, rules).items():
+        for zid, c in self.zones_for(f, near, *rule_sets).items():
             c = self.w.zones.at(zid, f.fix_time) or c  # an edited zone: as it was at the fix
             z = c.zone
             depth = None
@@ -105,16 +108,24 @@ class Judge:
                     frames[c.frame.key] = c.frame.to_m(f.lon, f.lat)
                 inside = c.depth_m(*frames[c.frame.key])
                 depth = inside if z.kind == "exclusion" else -inside
-            checks = [(keys.zone(zid, f.device_id), zone_type(c), depth)]
+            checks.append((keys.zone(zid, f.device_id), zone_type(c), depth, zid, z.name))
             if z.buffer_m:
                 checks.append((keys.buffer(zid, f.device_id), "exclusion_buffer",
-                               None if depth is None else depth + z.buffer_m))
-            for key, type_, d in checks:
-                out = step(rules.setdefault(key, Rule()), d, acc, t, self.s)
-                if out:
-                    self.emit(out[0], type_, f.fix_time, device_id=f.device_id, zone_id=zid,
-                              confidence=out[1], late=self.is_late(f), position=_pos(f),
-                              details={"zone": z.name, "depth_m": round(d or 0.0, 1)})
+                               None if depth is None else depth + z.buffer_m, zid, z.name))
+        return checks
+
+    def emit_zone(self, out: tuple[str, str | None], type_: str, f: Fix, zid: int, name: str,
+                  depth: float | None) -> None:
+        self.emit(out[0], type_, f.fix_time, device_id=f.device_id, zone_id=zid,
+                  confidence=out[1], late=self.is_late(f), position=_pos(f),
+                  details={"zone": name, "depth_m": round(depth or 0.0, 1)})
+
+    def judge_zones(self, f: Fix, near: list[CompiledZone], rules: dict[str, Rule]) -> None:
+        t, acc = f.fix_time.timestamp(), self.s.accuracy(f.accuracy_m)
+        for key, type_, d, zid, name in self.zone_checks(f, near, rules):
+            out = step(rules.setdefault(key, Rule()), d, acc, t, self.s)
+            if out:
+                self.emit_zone(out, type_, f, zid, name, d)
 
     def is_late(self, f: Fix) -> bool:
         return (f.received_at - f.fix_time).total_seconds() > self.s.late_after_s
@@ -228,16 +239,47 @@ class Judge:
         newer ones): replayed in time order on scratch rules, so the breaches they reveal are
         raised while the subject's current state stays as it is. `late` is the contract's: the
         fix reached Tether more than `late_after_s` after its time. One that is merely older
-        than another worker's newer fix (two workers share a device's fixes) is not late."""
+        than another worker's newer fix (two workers share a device's fixes) is not late.
+
+        Two things keep the outcome independent of the order fixes arrive in (several workers
+        share a device's fixes; a batch may commit after a newer one):
+        - a breach in force counts a replayed fix dated after its newest breach evidence, towards
+          the clear (compliant) or against it (in breach), as if it had come in order;
+        - a breach the replay finds, where the device's newest judged fix found none (the rule
+          is clear), ended by that fix: it is cleared at that fix's time, not left open."""
         scratch: dict[str, Rule] = {}
+        found: dict[str, tuple[str, int, str, str]] = {}  # key -> type, zone, name, device
+        ended: dict[str, Fix] = {}  # key -> the replayed fix that ended its breach
         for f in fixes:
             track = st.tracks.setdefault(f.device_id, Track())
             track.seen = max(track.seen, f.received_at.timestamp())
             if f.outlier or self.kind(f.device_id) == DeviceKind.VICTIM:
                 continue
-            before = len(self.events)
-            self.judge_zones(f, near.get(f, []), scratch)
-            self.events[before:] = [e for e in self.events[before:] if e.action == OPEN]
+            t, acc = f.fix_time.timestamp(), self.s.accuracy(f.accuracy_m)
+            for key, type_, d, zid, name in self.zone_checks(f, near.get(f, []), scratch,
+                                                             st.rules):
+                out = step(scratch.setdefault(key, Rule()), d, acc, t, self.s)
+                if out and out[0] == OPEN:
+                    self.emit_zone(out, type_, f, zid, name, d)
+                    found[key] = (type_, zid, name, f.device_id)
+                elif out:
+                    ended[key] = f
+                real = st.rules.get(key)
+                if real is not None and real.st == "breach" and t > real.last:
+                    out = step(real, d, acc, t, self.s)
+                    if out:
+                        self.emit_zone(out, type_, f, zid, name, d)
+        for key, (type_, zid, name, device_id) in found.items():
+            real, newest = st.rules.get(key), st.tracks[device_id].t
+            if real is not None and real.st != "clear":
+                continue  # the live state's breach (or pending one) owns the incident
+            if scratch[key].st == "clear":  # the replay saw the breach end
+                at: datetime | None = ended[key].fix_time
+            else:  # in breach at the end of the replay, compliant at the newest fix
+                at = _ts(newest) if newest else None
+            if at is not None:
+                self.emit(CLEAR, type_, at, device_id=device_id, zone_id=zid,
+                          details={"zone": name})
 
     def event(self, st: SubjectState, e: DeviceEvent) -> None:
         track = st.tracks.setdefault(e.device_id, Track())

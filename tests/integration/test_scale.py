@@ -111,11 +111,12 @@ async def test_three_workers_store_and_alert_the_same_as_one(world: World) -> No
     print(f"\n1 worker: {len(one[0])} fixes, {len(one[1])} alerts; 3 workers: {len(three[0])}"
           f" fixes, {len(three[1])} alerts")
     assert one[0] == three[0]  # every fix, once, with the same outlier verdicts
-    # One incident per subject and zone either way (never two, never none). Not compared: the
-    # breach count and the clear. One subject's fixes reach several workers at once, and a batch
-    # committed after a newer one takes the late path; with 3 workers an incident is sometimes
-    # left uncleared although the newest fix is outside (open in issue 14, docs/scaling.md).
-    assert [a[:3] for a in one[1]] == [a[:3] for a in three[1]]
+    # One incident per subject and zone either way (never two, never none), cleared either way.
+    # Not compared: the breach count. One subject's fixes reach several workers at once, and a
+    # batch committed after a newer one replays its fixes (the late path): a breach they show
+    # is counted again on the incident (tests/unit/test_rules_order.py: the clear does not
+    # depend on the order).
+    assert [(*a[:3], a[4]) for a in one[1]] == [(*a[:3], a[4]) for a in three[1]]
     assert {a[1] for a in one[1]} == {"exclusion_entry"} and len(one[1]) == 12
     assert all(a[3:] == (1, True) for a in one[1])  # one worker: entered once, cleared
 
