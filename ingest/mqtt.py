@@ -85,7 +85,11 @@ class MqttSource:
         self.connected = asyncio.Event()
 
     async def run(self, handle: Callable[[list[Delivery]], Awaitable[None]]) -> None:
-        backoff = Backoff(0.2, 5.0)
+        # Retried at least every second: after a restart Mosquitto 2.0 has forgotten the share
+        # group's subscriptions (it restores only plain ones, docs/faults.md), and until a
+        # worker subscribes again, what devices send is acknowledged to them and dropped.
+        # Devices retry after 1 s and up (paho's shortest delay), so the ingest must be first.
+        backoff = Backoff(0.1, 1.0)
         while True:
             client = aiomqtt.Client(
                 self.broker.host, self.broker.port, identifier=self.client_id,
