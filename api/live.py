@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 import redis.asyncio as redis
@@ -67,6 +67,30 @@ class _Batch(msgspec.Struct):
 
 
 _decode = msgspec.json.Decoder(_Batch).decode
+Short = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class _Provisional(msgspec.Struct):
+    """An alert judged while the database was away (`ingest/ahead.py`): no id yet."""
+
+    event: Literal["opened", "cleared"]
+    type: Short
+    subject_id: int
+    at: Annotated[str, msgspec.Meta(max_length=40)]
+    device_id: Short | None = None
+    zone_id: int | None = None
+    confidence: Short | None = None
+    late: bool = False
+    position: dict | None = None
+    details: dict = {}
+
+
+class _Provisionals(msgspec.Struct):
+    v: int
+    items: list[_Provisional]
+
+
+_decode_alerts = msgspec.json.Decoder(_Provisionals).decode
 
 
 @dataclass(slots=True)
@@ -154,16 +178,21 @@ class LiveHub:
 
     async def _positions(self) -> None:
         r = redis.Redis.from_url(self.settings.redis_url)
+        alerts_channel = channels.live_alerts(self.settings.redis_prefix)
         backoff = Backoff(0.5, 10.0)
         try:
             while True:
                 try:
                     async with r.pubsub(ignore_subscribe_messages=True) as ps:
-                        await ps.subscribe(channels.live_positions(self.settings.redis_prefix))
+                        await ps.subscribe(channels.live_positions(self.settings.redis_prefix),
+                                           alerts_channel)
                         self.subscribed.set()
                         backoff.reset()
                         async for m in ps.listen():
-                            self.feed(m.get("data"))
+                            if m.get("channel") == alerts_channel.encode():
+                                self.provisional(m.get("data"))
+                            else:
+                                self.feed(m.get("data"))
                 except (RedisError, OSError) as e:
                     logs.still_running()
                     log.warning("live positions feed lost; reconnecting", error=str(e))
@@ -196,6 +225,22 @@ class LiveHub:
             for c in clients:
                 if c.sees(path) and c.in_view(p.lat, p.lon):
                     c.offer(sid, p)
+
+    def provisional(self, data: object) -> None:
+        """Alerts judged while the database is away, to the screens and phones whose scope holds
+        the subject (`alert_provisional`); the stored alert follows when the database is back.
+        Hostile until decoded, like a positions batch."""
+        try:
+            batch = _decode_alerts(data)  # type: ignore[arg-type]
+        except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as e:
+            received.labels("rejected").inc()
+            log.warning("provisional alerts rejected", error=str(e)[:200])
+            return
+        for a in batch.items:
+            path = self.paths.get(a.subject_id)
+            if path is not None:
+                self.alerts.deliver({"type": "alert_provisional", "alert": {
+                    **msgspec.structs.asdict(a), "id": None, "provisional": True}}, list(path))
 
     async def _world(self) -> None:
         backoff = Backoff(0.5, 10.0)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 import msgspec
 from prometheus_client import Counter
 
+from geofence.rules import OPEN, RuleEvent
 from geofence.types import Fix
 from ingest.state import DeviceState, StateError
 from tether import channels, logs
@@ -69,6 +70,32 @@ def encode(items: list[LivePosition]) -> bytes:
     return _encode(_Message(1, items))
 
 
+class ProvisionalAlert(msgspec.Struct, frozen=True):
+    """A rule's conclusion before the database has it (`ingest/ahead.py`): no id yet."""
+
+    event: str  # opened | cleared
+    type: str
+    subject_id: int
+    at: str  # ISO 8601, the fix's time
+    device_id: str | None = None
+    zone_id: int | None = None
+    confidence: str | None = None
+    late: bool = False
+    position: dict | None = None
+    details: dict = {}
+
+
+class ProvisionalAlerts(msgspec.Struct):
+    v: int
+    items: list[ProvisionalAlert]
+
+
+def provisional(events: Iterable[RuleEvent]) -> list[ProvisionalAlert]:
+    return [ProvisionalAlert("opened" if e.action == OPEN else "cleared", e.type, e.subject_id,
+                             e.at.isoformat(), e.device_id, e.zone_id, e.confidence, e.late,
+                             e.position, e.details) for e in events]
+
+
 class LivePublisher:
     """Owned by the ingest worker; `publish` never raises: the fixes are already committed, and
     a screen missing a position catches up with the subject's next one. It speaks through the
@@ -90,3 +117,15 @@ class LivePublisher:
             return 0
         published.inc(len(items))
         return receivers
+
+    async def publish_alerts(self, events: list[RuleEvent]) -> None:
+        """Alerts judged ahead of storing, to every API process (never raises)."""
+        if not events:
+            return
+        try:
+            await self.state.publish(channels.LIVE_ALERTS,
+                                     _encode(ProvisionalAlerts(1, provisional(events))))
+        except (StateError, OSError) as e:
+            logs.still_running()
+            publish_failures.inc()
+            log.warning("provisional alerts not published", error=str(e), alerts=len(events))

@@ -19,6 +19,9 @@ store_errors = Counter("tether_ingest_store_errors_total", "failed commits (retr
 state_errors = Counter("tether_ingest_state_errors_total", "failed Redis updates")
 mqtt_connects = Counter("tether_ingest_mqtt_connects_total", "MQTT (re)connections")
 pending_batches = Gauge("tether_ingest_pending_batches", "batches waiting for the writer")
+held_rows = Gauge("tether_ingest_held_rows", "fixes taken by the writer and not yet committed")
+judged_ahead = Counter("tether_ingest_judged_ahead_total", "fixes judged before they could be "
+                       "stored (database away)")
 alerts_changed = Counter("tether_alerts_changed_total", "alerts opened, repeated or cleared "
                          "by the rules", ["action", "type"])
 fix_to_alert = Histogram("tether_fix_to_alert_seconds", "from a batch's first message received "

@@ -13,11 +13,13 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from geofence.rules import RuleEvent
 from geofence.types import DeviceEvent, Fix, Reject
 from ingest import metrics
+from ingest.ahead import Batch, JudgeAhead, Prepared
+from ingest.ahead import Message as _Message
 from ingest.decode import KEPT_PAYLOAD_BYTES, Limits, Topics, decode_message
 from ingest.filters import FilterSettings, JumpState, judge_jumps, reject_future
 from ingest.live import LivePublisher
@@ -28,27 +30,12 @@ from ingest.settings import IngestSettings
 from ingest.state import DeviceState, StateError
 from ingest.store import DataRejected, IngestStore, Registered, TransientError, WriteResult
 from tether import logs
-from tether.retry import every, retrying
+from tether.retry import Backoff, every, retrying
 from tether.supervise import Health, supervised
 
 log = logs.get("ingest")
 MAX_PENDING_BATCHES = 2
-
-
-@dataclass(slots=True)
-class _Message:
-    delivery: Delivery
-    device_id: str | None
-    fixes: list[Fix]
-    events: list[DeviceEvent]
-    rejects: list[Reject]
-
-
-@dataclass(slots=True)
-class Batch:
-    messages: list[_Message] = field(default_factory=list)
-    rows: int = 0
-    started: float = 0.0
+DB_AWAY_WAIT_S = 0.5  # for a connection, once the database failed a commit
 
 
 def _text(s: str) -> str:
@@ -82,7 +69,10 @@ class Ingest:
         self.registry: dict[str, Registered] = {}
         self.batch = Batch()
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=MAX_PENDING_BATCHES)
-        self._current: Batch | None = None  # taken by the writer, not yet acked
+        # Taken by the writer, not yet acked (judged ahead while the database is away); kept
+        # across a restart of the writer: acks are in arrival order.
+        self.ahead = JudgeAhead(self.queue, settings.judge_ahead_rows, rules, self._prepare_once,
+                                live, lambda: self.registry)
         self.committed_batches = 0
 
     async def run(self) -> None:
@@ -155,39 +145,77 @@ class Ingest:
             # Python 3.11's wait_for (in redis-py, psycopg_pool, aiomqtt) can swallow a
             # cancellation; each loop of a part re-raises a pending one, so a worker stops.
             logs.still_running()
-            # A batch taken but not committed survives a restart of the writer: acks are
-            # in arrival order, so it must be finished before the next one.
-            if self._current is None:
-                self._current = await self.queue.get()
+            if not self.ahead.held:
+                self.ahead.add(await self.queue.get())
                 metrics.pending_batches.set(self.queue.qsize())
-            await self.persist(self._current)
-            self._current = None
+            await self.persist(self.ahead.held[0])
+            self.ahead.done()
             self.committed_batches += 1
 
-    async def _store(self, messages: list[_Message]) -> WriteResult:
-        """Filter (registry, jumps), then the batch's transaction. Transient failures are
-        waited out inside; anything else raises, for the caller to isolate."""
-        await self._check_registered(messages)
+    async def _prepare(self, messages: list[_Message], retry: bool = True) -> Prepared:
+        """Filter (registry, orders, jumps): what the batch's transaction stores and judges."""
+        await self._check_registered(messages, retry)
         # Outside every monitoring order of its subject, a position is neither judged nor kept:
         # only counted per device and day (Community Corrections Law art. 29).
         unmonitored = await self.rules.drop_unmonitored(messages)
         await self._filter_jumps(messages)
-        fixes = [f for m in messages for f in m.fixes]
-        events = [e for m in messages for e in m.events]
-        rejects = [r for m in messages for r in m.rejects]
-        return await self._retry("store", lambda: self._commit(fixes, events, rejects,
-                                                               unmonitored))
+        return ([f for m in messages for f in m.fixes], [e for m in messages for e in m.events],
+                [r for m in messages for r in m.rejects], unmonitored)
+
+    async def _prepare_once(self, messages: list[_Message]) -> Prepared:
+        return await self._prepare(messages, retry=False)  # the database is away: no waiting
+
+    async def _store(self, messages: list[_Message]) -> WriteResult:
+        """Filter, then the batch's transaction. Transient failures are waited out inside;
+        anything else raises, for the caller to isolate."""
+        prepared = await self._prepare(messages)
+        return await self._retry("store", lambda: self._commit(*prepared))
+
+    async def _store_held(self, batch: Batch) -> WriteResult:
+        """`_store` for the writer's oldest batch: while the database is away, this batch and
+        the ones after it are judged ahead (`ingest/ahead.py`), and stored when it is back."""
+        backoff, away = Backoff(0.1, 5.0), False
+        while True:
+            try:
+                if batch.prepared is None:  # a device new to this worker: the registry first
+                    batch.prepared = await self._prepare(batch.messages, retry=False)
+                # Known to be away: ask briefly, and judge what arrives meanwhile.
+                return await self._commit(*batch.prepared, verdicts=batch.verdicts, batch=batch,
+                                          wait_s=DB_AWAY_WAIT_S if away else None)
+            except TransientError as e:
+                away = True
+                logs.still_running()
+                metrics.store_errors.inc()
+                log.warning("database unavailable; judging ahead, storing later",
+                            error=str(e)[:200], retry_s=backoff.delay)
+                await self.ahead.judge(batch)
+                await self.ahead.take(backoff.delay)
+                backoff.delay = min(backoff.delay * 2, backoff.cap)
+            except (StateError, StateConflict, OSError) as e:
+                logs.still_running()
+                metrics.store_errors.inc()
+                log.warning("rule state unavailable; batch held", error=str(e)[:200],
+                            retry_s=backoff.delay)
+                await backoff.wait()
 
     async def _commit(self, fixes: list[Fix], events: list[DeviceEvent], rejects: list[Reject],
-                      unmonitored: Mapping[tuple[str, date], int] | None = None) -> WriteResult:
+                      unmonitored: Mapping[tuple[str, date], int] | None = None,
+                      verdicts: list[RuleEvent] | None = None,
+                      batch: Batch | None = None, wait_s: float | None = None) -> WriteResult:
         """The flow's middle, in one transaction: store → evaluate → record alerts → commit.
         Only what is new to the database is judged, so a redelivery is not judged twice; the
-        alerts commit with the fixes that raised them, or neither does."""
-        async with self.store.batch() as tx:
+        alerts commit with the fixes that raised them, or neither does. `verdicts`: judged
+        ahead, while the database was away (`ingest/ahead.py`). The verdicts are kept with
+        `batch` once judged: the rule state moved on, so a retry after a failed commit records
+        them rather than judge the same fixes again."""
+        async with self.store.batch(wait_s) as tx:
             await tx.count_unmonitored(unmonitored or {})
             new_fixes, new_events = await tx.store(fixes, events, rejects)
-            verdicts = (await self.rules.judge(new_fixes, new_events)
-                        if new_fixes or new_events else [])
+            if verdicts is None:
+                verdicts = (await self.rules.judge(new_fixes, new_events)
+                            if new_fixes or new_events else [])
+                if batch is not None:
+                    batch.verdicts = verdicts
             changed = await tx.record_alerts(verdicts)
         return WriteResult(len(new_fixes), len(new_events), changed)
 
@@ -196,7 +224,7 @@ class Ingest:
         (`_store`), then ack (only what is committed), then publish (live state, screens)."""
         started = time.monotonic()
         try:
-            result = await self._store(batch.messages)
+            result = await self._store_held(batch)
         except Exception as e:  # not transient (those are held in _retry): isolate the culprit
             logs.still_running()
             log.warning("batch failed; storing message by message", error=f"{type(e).__name__}:"
@@ -233,7 +261,7 @@ class Ingest:
             logs.still_running()
             metrics.state_errors.inc()
             log.warning("live state update failed", error=str(e))
-        if self.live is not None:  # never raises: a screen catches up with the next fix
+        if self.live is not None and not batch.shown:  # never raises: screens catch up
             await self.live.publish(live_positions(fixes, self.registry))
 
     async def _persist_each(self, batch: Batch) -> WriteResult:
@@ -268,11 +296,12 @@ class Ingest:
             changed += r.alerts_changed
         return WriteResult(stored, events, changed)
 
-    async def _check_registered(self, messages: list[_Message]) -> None:
+    async def _check_registered(self, messages: list[_Message], retry: bool = True) -> None:
         wanted = {m.device_id for m in messages
                   if m.device_id and (m.fixes or m.events) and m.device_id not in self.registry}
         if wanted:
-            found = await self._retry("registry", lambda: self.store.registered(wanted))
+            lookup = lambda: self.store.registered(wanted)  # noqa: E731
+            found = await (self._retry("registry", lookup) if retry else lookup())
             self.registry.update(found)
         for m in messages:
             if (m.fixes or m.events) and m.device_id not in self.registry:

@@ -28,3 +28,6 @@ class IngestSettings(CommonSettings, RuleSettings, AlertSettings):
     dead_letter_after: int = Field(2, ge=1, description="a message failing the same "
                                    "non-transient way this many times is set aside as a reject")
     tick_interval_s: float = Field(1.0, description="how often due time-checks are looked for")
+    judge_ahead_rows: int = Field(50_000, ge=0, description="while PostgreSQL is away, fixes "
+                                  "judged at once and held in memory until they can be stored "
+                                  "(0: none; beyond it, backpressure)")

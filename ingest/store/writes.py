@@ -133,10 +133,12 @@ class IngestStore:
         await self.pool.close()
 
     @asynccontextmanager
-    async def batch(self) -> AsyncIterator[BatchTx]:
+    async def batch(self, wait_s: float | None = None) -> AsyncIterator[BatchTx]:
         """One transaction for one batch: it commits when the block ends, or rolls back if the
-        block raises; what the pipeline does inside it commits together or not at all."""
-        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        block raises; what the pipeline does inside it commits together or not at all.
+        `wait_s`: how long to wait for a connection (the pool's timeout if None)."""
+        async with self.pool.connection(timeout=wait_s) as conn, conn.transaction(), \
+                conn.cursor() as cur:
             yield BatchTx(cur, self.severity)
 
     async def load_world(self) -> WorldRows:
