@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 import redis.asyncio as redis
@@ -35,6 +35,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
+from api import provisional
 from api.settings import ApiSettings
 from api.store import ApiStore, Principal, Unavailable, reads
 from api.store import live as store_live
@@ -67,30 +68,6 @@ class _Batch(msgspec.Struct):
 
 
 _decode = msgspec.json.Decoder(_Batch).decode
-Short = Annotated[str, msgspec.Meta(max_length=64)]
-
-
-class _Provisional(msgspec.Struct):
-    """An alert judged while the database was away (`ingest/ahead.py`): no id yet."""
-
-    event: Literal["opened", "cleared"]
-    type: Short
-    subject_id: int
-    at: Annotated[str, msgspec.Meta(max_length=40)]
-    device_id: Short | None = None
-    zone_id: int | None = None
-    confidence: Short | None = None
-    late: bool = False
-    position: dict | None = None
-    details: dict = {}
-
-
-class _Provisionals(msgspec.Struct):
-    v: int
-    items: list[_Provisional]
-
-
-_decode_alerts = msgspec.json.Decoder(_Provisionals).decode
 
 
 @dataclass(slots=True)
@@ -227,20 +204,9 @@ class LiveHub:
                     c.offer(sid, p)
 
     def provisional(self, data: object) -> None:
-        """Alerts judged while the database is away, to the screens and phones whose scope holds
-        the subject (`alert_provisional`); the stored alert follows when the database is back.
-        Hostile until decoded, like a positions batch."""
-        try:
-            batch = _decode_alerts(data)  # type: ignore[arg-type]
-        except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as e:
+        """Alerts judged while the database is away (`api/provisional.py`)."""
+        if not provisional.relay(data, self.paths, self.alerts):
             received.labels("rejected").inc()
-            log.warning("provisional alerts rejected", error=str(e)[:200])
-            return
-        for a in batch.items:
-            path = self.paths.get(a.subject_id)
-            if path is not None:
-                self.alerts.deliver({"type": "alert_provisional", "alert": {
-                    **msgspec.structs.asdict(a), "id": None, "provisional": True}}, list(path))
 
     async def _world(self) -> None:
         backoff = Backoff(0.5, 10.0)

@@ -10,12 +10,14 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
+from geofence.rules import RuleEvent
 from ingest.live import LivePublisher
 from ingest.state import DeviceState
 from tests.integration.api_world import PASSWORD, seed
@@ -102,12 +104,19 @@ async def test_map_and_officer_pages_live(browser: Browser, settings: Settings, 
         await phone.wait_for_function("() => window.tether && window.tether.state")
         await phone.wait_for_selector("#no-alerts:not([hidden])")
         await asyncio.sleep(0.5)  # both sockets open
+        # judged while the database is away: shown at once, not actionable, until stored
+        await pub.publish_alerts([RuleEvent("open", "exclusion_entry", sid, datetime.now(UTC),
+                                            device_id=dev)])
+        await cmd.wait_for_selector("li.alert.provisional", timeout=2000)
+        assert await cmd.evaluate("() => document.querySelector('li.provisional .ack').disabled")
         started = time.monotonic()
         aid = breach(db, sid, dev)
         sel = f"li[data-alert-id='{aid}']"
         await asyncio.gather(cmd.wait_for_selector(sel, timeout=2000),
                              phone.wait_for_selector(sel, timeout=2000))
         shown_s = time.monotonic() - started
+        # the stored alert replaces the provisional one
+        await cmd.wait_for_selector("li.alert.provisional", state="detached", timeout=2000)
         assert shown_s < 2.0
         assert await cmd.evaluate("(sid) => window.tether.subjects.get(sid).st", sid) == "alarm"
         await shot(cmd, "map-alert")

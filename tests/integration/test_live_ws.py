@@ -10,7 +10,7 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 
 import httpx
 import psycopg
@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 import api.live
 from api import live
 from api.app import create_app
+from geofence.rules import RuleEvent
 from ingest.live import LivePosition, LivePublisher
 from ingest.state import DeviceState
 from tests.integration.api_world import PASSWORD, seed
@@ -282,3 +283,43 @@ async def test_a_stalled_screen_hurts_no_one_and_memory_stays_bounded(
     assert grew < 60, f"server RSS grew {grew:.0f} MB"  # the published volume is ~150 MB
     print(f"stalled-screen run: lag p_max {max(lag) * 1000:.0f} ms, RSS +{grew:.1f} MB,"
           f" peak pending {peak_pending}")
+
+
+@pytest.mark.timeout(60)
+async def test_provisional_alerts_reach_screens_and_phones_in_scope(settings, world,
+                                                                     pub) -> None:
+    """While the database is away, ingest publishes what it judged (`ingest/ahead.py`): the
+    map and the phone of an officer in scope get `alert_provisional`, another county's do not,
+    and hostile messages on the channel are counted and skipped."""
+    async with api_server(settings) as (base, _):
+        a, _ = await screen(base, world["user"]("offA"))
+        b, _ = await screen(base, world["user"]("offB"))
+        phone = await connect(f"{base.replace('http', 'ws')}/ws/alerts?token="
+                              f"{await token(base, world['user']('offA'))}")
+        r = aredis.Redis.from_url(settings.redis_url)
+        before = api.live.received.labels("rejected")._value.get()
+        for bad in (b"{", b'{"v":1,"items":[{"event":"maybe","type":"x","subject_id":1,'
+                          b'"at":"now"}]}', json.dumps({"v": 1, "items": 3}).encode()):
+            await r.publish(channels.live_alerts(settings.redis_prefix), bad)
+        await r.aclose()
+        at = datetime.now(UTC)
+        await pub.publish_alerts([RuleEvent("open", "exclusion_entry", world["subj_countyA"], at,
+                                            device_id=world["dev_countyA"], zone_id=7,
+                                            confidence="confident")])
+
+        async def provisional(ws: ClientConnection) -> dict:
+            while True:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                if msg["type"] == "alert_provisional":
+                    return msg["alert"]
+
+        for ws in (a, phone):
+            got = await provisional(ws)
+            assert (got["event"], got["type"], got["subject_id"], got["id"], got["provisional"],
+                    got["at"]) == ("opened", "exclusion_entry", world["subj_countyA"], None,
+                                   True, at.isoformat())
+        with pytest.raises(TimeoutError):  # county B's officer sees nothing of county A
+            await asyncio.wait_for(provisional(b), 1.0)
+        assert api.live.received.labels("rejected")._value.get() - before == 3
+        for ws in (a, b, phone):
+            await ws.close()

@@ -13,6 +13,7 @@ const LABELS = {
     exclusion: '禁止区', inclusion: '限制区', curfew: '宵禁', connected: '已连接',
     disconnected: '连接断开，重连中', lang: 'English', noteRequired: '处置需填写备注',
     status_open: '未确认', status_acknowledged: '已确认', status_resolved: '已处置',
+    status_provisional: '待入库（数据库暂不可用）',
     expiring: '监管令将到期', orderUntil: '监管令至', orderEnded: '监管令已结束',
     orderNone: '无监管令记录', orderExpiring: '7 日内到期',
   },
@@ -28,6 +29,7 @@ const LABELS = {
     exclusion: 'Exclusion', inclusion: 'Inclusion', curfew: 'Curfew', connected: 'Connected',
     disconnected: 'Disconnected, reconnecting', lang: '中文', noteRequired: 'A note is required',
     status_open: 'open', status_acknowledged: 'acknowledged', status_resolved: 'resolved',
+    status_provisional: 'not yet stored (database away)',
     expiring: 'Orders expiring', orderUntil: 'Order until', orderEnded: 'Order ended',
     orderNone: 'No order recorded', orderExpiring: 'ends within 7 days',
   },
@@ -192,6 +194,11 @@ export function alertCard(a, subjectName, onDone) {
     <button class="ack" ${a.status !== 'open' ? 'disabled' : ''}>${t('ack')}</button>
     <button class="resolve">${t('resolve')}</button></div>`;
   const note = li.querySelector('.note');
+  if (a.provisional) {  // judged while the database is away: nothing to act on until stored
+    li.classList.add('provisional');
+    for (const el of li.querySelectorAll('.alert-act button, .alert-act input')) el.disabled = true;
+    return li;
+  }
   li.querySelector('.ack').onclick = async () => {
     await ackAlert(a.id, note.value.trim()); onDone && onDone(a.id, 'acknowledged');
   };

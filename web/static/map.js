@@ -193,8 +193,24 @@ function beep() {
   } catch { /* no audio device: the feed still shows it */ }
 }
 
+// Alerts judged while the database is away (contract: alert_provisional), by subject, type and
+// zone, until the stored alert arrives (or the breach ends first).
+const provisional = new Map();
+const provKey = (a) => `${a.subject_id}:${a.type}:${a.zone_id ?? 0}`;
+
+function onProvisional(msg) {
+  const a = msg.alert;
+  if (a.event === 'opened') {
+    provisional.set(provKey(a), { ...a, id: `p-${provKey(a)}`, status: 'provisional',
+      severity: a.severity || 'high', opened_at: a.at });
+    beep();
+  } else provisional.delete(provKey(a));
+  renderFeed();
+}
+
 function onAlert(msg) {
   const a = msg.alert;
+  provisional.delete(provKey(a));
   if (a.status === 'resolved') alerts.delete(a.id); else alerts.set(a.id, a);
   indexAlerts();
   if (msg.event === 'opened') beep();
@@ -206,15 +222,15 @@ function onAlert(msg) {
 
 function renderFeed() {
   const feed = $('feed');
-  feed.replaceChildren(...[...alerts.values()]
-    .sort((x, y) => (x.status === y.status ? y.id - x.id : x.status === 'open' ? -1 : 1))
+  feed.replaceChildren(...[...provisional.values(), ...[...alerts.values()]
+    .sort((x, y) => (x.status === y.status ? y.id - x.id : x.status === 'open' ? -1 : 1))]
     .slice(0, 200)
     .map((a) => {
       const li = alertCard(a, subjects.get(a.subject_id)?.name, () => {});
       li.querySelector('.alert-sub').onclick = () => select(a.subject_id, true);
       return li;
     }));
-  $('no-alerts').hidden = alerts.size > 0;
+  $('no-alerts').hidden = alerts.size + provisional.size > 0;
 }
 
 // --- selection, search -----------------------------------------------------------------------
@@ -328,6 +344,7 @@ function connect(backoff = 500) {
     if (msg.type === 'positions') onPositions(msg, arrived);
     else if (msg.type === 'snapshot') onSnapshot(msg);
     else if (msg.type === 'alert') onAlert(msg);
+    else if (msg.type === 'alert_provisional') onProvisional(msg);
   };
   ws.onclose = (ev) => {
     $('conn').textContent = t('disconnected'); $('conn').className = 'conn down';

@@ -69,6 +69,14 @@ function connect(backoff = 500) {
   ws.onopen = () => { $('conn').textContent = t('connected'); $('conn').className = 'conn ok'; backoff = 500; };
   ws.onmessage = async (ev) => {
     const msg = JSON.parse(ev.data);
+    if (msg.type === 'alert_provisional' && msg.alert.event === 'opened') {
+      // Judged while the database is away: notify now; the stored alert follows.
+      const a = msg.alert;
+      await name(a.subject_id);
+      notify({ ...a, id: `p-${a.subject_id}-${a.type}-${a.zone_id ?? 0}`,
+        severity: t('status_provisional') });
+      return;
+    }
     if (msg.type !== 'alert') return;
     state.received++;
     const a = msg.alert;
