@@ -216,6 +216,8 @@ class Ingest:
                             if new_fixes or new_events else [])
                 if batch is not None:
                     batch.verdicts = verdicts
+            elif not (new_fixes or new_events):
+                verdicts = []  # stored before (a commit whose answer was lost): recorded then
             changed = await tx.record_alerts(verdicts)
         return WriteResult(len(new_fixes), len(new_events), changed)
 
