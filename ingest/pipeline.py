@@ -46,7 +46,9 @@ def _text(s: str) -> str:
 def subscriptions(settings: IngestSettings) -> list[str]:
     # Whole trees, not just the valid topic shapes: a device publishing to a wrong topic under
     # our roots must end as a reject an operator can see, not vanish unseen.
-    share = f"$share/{settings.mqtt_share_group}/"
+    # No group (empty): plain subscriptions, for a broker without `$share` (NATS 2.9's MQTT;
+    # docs/scaling.md), where one worker takes everything.
+    share = f"$share/{settings.mqtt_share_group}/" if settings.mqtt_share_group else ""
     return [f"{share}{settings.mqtt_root}/#", f"{share}{settings.owntracks_root}/#"]
 
 

@@ -12,7 +12,9 @@ from tether.settings import CommonSettings
 class IngestSettings(CommonSettings, RuleSettings, AlertSettings):
     mqtt_client_id: str = Field("tether-ingest-1", description="one per worker, stable across "
                                 "restarts: the broker keeps its session and unacked messages")
-    mqtt_share_group: str = "tether-ingest"
+    mqtt_share_group: str = Field("tether-ingest", description="the workers' `$share` group; "
+                                  "empty: plain subscriptions (a broker without shared "
+                                  "subscriptions, such as NATS: one worker)")
     metrics_port: int | None = Field(None, description="`tether ingest` alone: serve "
                                      "/metrics on this port (`serve` has it on the API)")
     batch_rows: int = Field(2000, ge=1, description="flush when a batch holds this many fixes")
