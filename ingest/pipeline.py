@@ -10,6 +10,7 @@ the shared live state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -76,6 +77,8 @@ class Ingest:
         self.ahead = JudgeAhead(self.queue, settings.judge_ahead_rows, rules, self._prepare_once,
                                 live, lambda: self.registry)
         self.committed_batches = 0
+        self.draining = False  # a graceful stop: take nothing more, commit what was taken
+        self.idle = asyncio.Event()  # set by the writer when nothing taken is left to commit
 
     async def run(self) -> None:
         """Each part runs supervised: one failing (a timer, the world watch) is logged, counted
@@ -95,6 +98,8 @@ class Ingest:
     async def receive(self, burst: list[Delivery]) -> None:
         """Decode a burst of deliveries into the current batch. Per-message work is the decode
         only: the clock is read and the metrics counted once per burst."""
+        if self.draining:  # left unacknowledged: the broker gives them to the next worker
+            return
         received_at = datetime.now(UTC)
         routes: dict[str, int] = defaultdict(int)
         for d in burst:
@@ -123,6 +128,24 @@ class Ingest:
             return _Message(d, None, [], [], [Reject(
                 d.topic, d.payload[:KEPT_PAYLOAD_BYTES], f"undecodable: {type(e).__name__}",
                 received_at)])
+
+    async def drain(self, limit_s: float) -> bool:
+        """A graceful stop (SIGTERM): take no more messages, then commit and acknowledge every
+        batch already taken, the one being filled included, within `limit_s`. True if all was
+        committed; what was not stays unacknowledged with the broker (nothing is lost)."""
+        self.draining = True
+        deadline = time.monotonic() + limit_s
+        if self.batch.messages:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hand_off(), limit_s)
+        self.idle.clear()
+        if self.queue.qsize() or self.ahead.held:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.idle.wait(), max(0.0, deadline - time.monotonic()))
+        done = not (self.queue.qsize() or self.ahead.held or self.batch.messages)
+        log.info("ingest drained" if done else "ingest stopped with batches uncommitted",
+                 committed_batches=self.committed_batches)
+        return done
 
     async def _hand_off(self) -> None:
         batch, self.batch = self.batch, Batch()
@@ -153,6 +176,8 @@ class Ingest:
             await self.persist(self.ahead.held[0])
             self.ahead.done()
             self.committed_batches += 1
+            if not self.ahead.held and self.queue.empty():
+                self.idle.set()
 
     async def _prepare(self, messages: list[_Message], retry: bool = True) -> Prepared:
         """Filter (registry, orders, jumps): what the batch's transaction stores and judges."""

@@ -25,6 +25,8 @@ log = logs.get("tether")
 
 Part = Callable[[], Awaitable[None]]
 API_STOP_S = 5.0  # on shutdown, open requests and sockets get this long to finish
+INGEST_DRAIN_S = 10.0  # on shutdown, the batches taken get this long to be committed
+ACK_FLUSH_S = 0.2  # ... and their acknowledgements this long to be written
 
 
 def parts(s: Settings, health: Health, with_ingest: bool, with_api: bool,
@@ -163,7 +165,19 @@ async def _ingest(s: Settings, health: Health, slot: int = 0) -> None:
             # The worker supervises its own parts (writer, timers, ...) and reports them in
             # `health`.
             async with ingest_worker(s, health) as worker:
-                await worker.run()
+                running = asyncio.ensure_future(worker.run())
+                try:
+                    await asyncio.shield(running)
+                except asyncio.CancelledError:
+                    # A stop (SIGTERM): commit and acknowledge what was taken, then close.
+                    with contextlib.suppress(Exception):
+                        await worker.drain(INGEST_DRAIN_S)
+                        await asyncio.sleep(ACK_FLUSH_S)  # the acks reach the socket
+                    raise
+                finally:
+                    running.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await running
         finally:
             guard.cancel()
             with contextlib.suppress(asyncio.CancelledError):

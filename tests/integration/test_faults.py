@@ -150,13 +150,15 @@ class World:
     accounts: dict
     root: str = "tether/v1"
     workers: list[subprocess.Popen] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def env(self, slot: int = 0) -> dict[str, str]:
         return {**os.environ, "TETHER_DATABASE_URL": self.pg.url(),
                 "TETHER_REDIS_URL": self.redis.url, "TETHER_MQTT_URL": self.broker.url,
                 "TETHER_MQTT_CLIENT_ID": f"fault-ingest-{slot}", "TETHER_BATCH_AGE_MS": "50",
                 "TETHER_LOG_LEVEL": "WARNING", "TETHER_REDIS_PREFIX": "tether:",
-                "TETHER_OFFLINE_WEARABLE_S": "6", "TETHER_TICK_INTERVAL_S": "0.2"}
+                "TETHER_OFFLINE_WEARABLE_S": "6", "TETHER_TICK_INTERVAL_S": "0.2",
+                **self.extra_env}
 
     def start_worker(self, slot: int = 0) -> subprocess.Popen:
         with open(self.pg.dir.parent / f"ingest-{slot}.log", "ab") as log:
@@ -411,6 +413,52 @@ async def test_broker_restart_under_load_loses_nothing(world: World) -> None:
             before = len(f.acked)
             await eventually(lambda n=before: len(f.acked) > n + 500, 30, "the fleet is back")
     await settle(w, f, "broker restarted twice under load", 60)
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_commits_and_acks_the_batch_in_hand(world: World) -> None:
+    """Graceful stop: a worker holding an uncommitted batch (its age limit is long) is sent
+    SIGTERM; it takes nothing more, commits and acknowledges what it took, and exits. Nothing
+    waits with the broker for the next worker: its session, resumed, gets no redelivery."""
+    w = world
+    devices = w.enrol(10)
+    w.start_worker()
+    await w.subscribed()
+    await stop_workers(w)
+    w.extra_env = {"TETHER_BATCH_AGE_MS": "60000"}  # the batch is filled, never flushed by age
+    worker = w.start_worker()
+    await asyncio.sleep(3)  # connected, session resumed
+    dev = w.accounts["dev"]
+    async with aiomqtt.Client("127.0.0.1", w.broker.port, username=dev["username"],
+                              password=dev["password"]) as c:
+        for seq in range(20):
+            await asyncio.gather(*(c.publish(f"{w.root}/devices/{d}/loc", json.dumps(
+                {"ts": time.time() - 100 + seq, "lat": 31.2, "lon": 121.4, "acc": 8,
+                 "seq": seq}), qos=1) for d in devices))
+    await asyncio.sleep(2)
+    assert len(w.stored()[0]) == 0  # taken, not committed: the batch waits for its age
+    worker.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(worker.wait, 20) == 0
+    kept, rows = w.stored()
+    print(f"\n[SIGTERM with a batch in hand] sent 200, stored {rows} before exit")
+    assert kept == {(d, s) for d in devices for s in range(20)} and rows == 200
+    ingest = w.accounts["ingest"]
+    redelivered = 0
+    async with aiomqtt.Client("127.0.0.1", w.broker.port, identifier="fault-ingest-0",
+                              clean_session=False, username=ingest["username"],
+                              password=ingest["password"]) as c:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3):
+                async for _ in c.messages:
+                    redelivered += 1
+    assert redelivered == 0  # every message of the batch was acknowledged before the exit
+
+
+async def stop_workers(w: World) -> None:
+    for p in w.workers:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(p.wait, 20)
 
 
 @pytest.mark.timeout(180)
