@@ -23,6 +23,7 @@ from geofence.rules import (
     RuleSettings,
     SubjectState,
     Track,
+    breach_evidence,
     force_clear,
     force_open,
     step,
@@ -211,7 +212,7 @@ class Judge:
         r = st.rules.setdefault(keys.device(RuleKind.SPOOF, f.device_id), Rule())
         t = f.fix_time.timestamp()
         if r.st == "breach":
-            r.n, r.cn, r.last = r.n + 1, 0, t
+            breach_evidence(r, t)
         elif f.mock or (r.st == "pending" and t - r.last <= self.s.spoof_window_s):
             force_open(r, t)
             self.emit(OPEN, "location_spoofing", f.fix_time, device_id=f.device_id,

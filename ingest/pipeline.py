@@ -18,11 +18,11 @@ from datetime import UTC, date, datetime, timedelta
 
 from geofence.rules import RuleEvent
 from geofence.types import DeviceEvent, Fix, Reject
-from ingest import metrics
+from ingest import metrics, screen
 from ingest.ahead import Batch, JudgeAhead, Prepared
 from ingest.ahead import Message as _Message
 from ingest.decode import KEPT_PAYLOAD_BYTES, Limits, Topics, decode_message
-from ingest.filters import FilterSettings, JumpState, judge_jumps, reject_future
+from ingest.filters import FilterSettings, reject_future
 from ingest.live import LivePublisher
 from ingest.live import positions as live_positions
 from ingest.mqtt import Delivery, MqttSource
@@ -185,7 +185,7 @@ class Ingest:
         # Outside every monitoring order of its subject, a position is neither judged nor kept:
         # only counted per device and day (Community Corrections Law art. 29).
         unmonitored = await self.rules.drop_unmonitored(messages)
-        await self._filter_jumps(messages)
+        await screen.filter_jumps(messages, self.state, self.filters)
         return ([f for m in messages for f in m.fixes], [e for m in messages for e in m.events],
                 [r for m in messages for r in m.rejects], unmonitored)
 
@@ -326,56 +326,12 @@ class Ingest:
         return WriteResult(stored, events, changed)
 
     async def _check_registered(self, messages: list[_Message], retry: bool = True) -> None:
-        wanted = {m.device_id for m in messages
-                  if m.device_id and (m.fixes or m.events) and m.device_id not in self.registry}
-        if wanted:
-            lookup = lambda: self.store.registered(wanted)  # noqa: E731
-            found = await (self._retry("registry", lookup) if retry else lookup())
-            self.registry.update(found)
-        for m in messages:
-            if (m.fixes or m.events) and m.device_id not in self.registry:
-                d = m.delivery
-                m.rejects.append(Reject(d.topic, d.payload[:KEPT_PAYLOAD_BYTES], "unknown device",
-                                        (m.fixes or m.events)[0].received_at, m.device_id))
-                m.fixes, m.events = [], []
+        async def lookup(wanted: set[str]) -> Mapping[str, Registered]:
+            if not retry:  # the database is away: no waiting (ingest/ahead.py)
+                return await self.store.registered(wanted)
+            return await self._retry("registry", lambda: self.store.registered(wanted))
 
-    async def _filter_jumps(self, messages: list[_Message]) -> None:
-        """The jump filter, device by device over the batch. Fixes are immutable: a message's
-        fixes are replaced by the filter's verdicts, judged afresh on every attempt."""
-        by_device: dict[str, list[Fix]] = defaultdict(list)
-        for m in messages:
-            for f in m.fixes:
-                by_device[f.device_id].append(f)
-        if not by_device:
-            return
-        try:
-            known = await self.state.jump_states(list(by_device))
-        except (StateError, OSError) as e:
-            logs.still_running()
-            metrics.state_errors.inc()
-            log.warning("live state unavailable; judging jumps within the batch", error=str(e))
-            known = {}
-        moved: dict = {}
-        changed: dict[tuple[str, datetime], Fix] = {}
-        for device_id, own in by_device.items():
-            own.sort(key=lambda f: f.fix_time)
-            before = known.get(device_id) or JumpState()
-            after, verdicts = judge_jumps(before, own, self.filters)
-            changed.update({(f.device_id, f.fix_time): v
-                            for f, v in zip(own, verdicts, strict=True) if v is not f})
-            if after.candidates != before.candidates:
-                moved[device_id] = after.candidates
-        if changed:
-            for m in messages:
-                m.fixes = [changed.get((f.device_id, f.fix_time), f) for f in m.fixes]
-        metrics.fixes_outlier.inc(sum(f.outlier for m in messages for f in m.fixes))
-        if moved:  # rare: only while a device's fixes disagree with its reference
-            try:
-                await self.state.save_candidates(moved)
-            except (StateError, OSError) as e:
-                logs.still_running()
-                metrics.state_errors.inc()
-                log.warning("jump candidates not saved", error=str(e))
+        await screen.check_registered(messages, self.registry, lookup)
 
     async def _retry(self, what: str, op):
         # Without the database nothing can be stored; without the shared rule state nothing
