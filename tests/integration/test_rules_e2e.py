@@ -87,7 +87,11 @@ async def test_two_workers_raise_each_breach_exactly_once(settings: Settings, db
         await eventually(lambda: count(db, "SELECT count(*) FROM fixes WHERE device_id = ANY(%s)",
                                        devices) == len(msgs), what="all fixes stored")
         await eventually(lambda: len(alerts(db, subjects)) == 20, what="20 alerts")
-        assert all(w.committed_batches for w in workers)  # both workers took part
+        # Both workers took part. Counted after a batch's ack and publish, which follow its
+        # commit: the rows can be visible a moment before the count.
+        await eventually(lambda: all(w.committed_batches for w in workers), 5,
+                         lambda: f"both workers took part: "
+                                 f"{[w.committed_batches for w in workers]}")
         await publish_all(publisher, msgs[:40])  # duplicates: stored once, judged once
         await asyncio.sleep(0.5)
     rows = alerts(db, subjects)
