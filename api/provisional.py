@@ -5,38 +5,14 @@ is back. Hostile until decoded, like a positions batch."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 import msgspec
 
 from api.ws import AlertHub
 from tether import logs
+from tether.channels import ProvisionalAlerts
 
 log = logs.get("api.provisional")
-Short = Annotated[str, msgspec.Meta(max_length=64)]
-
-
-class _Provisional(msgspec.Struct):
-    """An alert judged while the database was away (`ingest/ahead.py`): no id yet."""
-
-    event: Literal["opened", "cleared"]
-    type: Short
-    subject_id: int
-    at: Annotated[str, msgspec.Meta(max_length=40)]
-    device_id: Short | None = None
-    zone_id: int | None = None
-    confidence: Short | None = None
-    late: bool = False
-    position: dict | None = None
-    details: dict = {}
-
-
-class _Provisionals(msgspec.Struct):
-    v: int
-    items: list[_Provisional]
-
-
-_decode_alerts = msgspec.json.Decoder(_Provisionals).decode
+_decode_alerts = msgspec.json.Decoder(ProvisionalAlerts).decode
 
 
 def relay(data: object, paths: dict[int, tuple[int, ...]], alerts: AlertHub) -> bool:

@@ -21,6 +21,7 @@ from geofence.rules import OPEN, RuleEvent
 from geofence.types import Fix
 from ingest.state import DeviceState, StateError
 from tether import channels, logs
+from tether.channels import ProvisionalAlert, ProvisionalAlerts
 
 log = logs.get("ingest.live")
 published = Counter("tether_live_positions_published_total", "positions published to screens")
@@ -68,26 +69,6 @@ def positions(fixes: Iterable[Fix], subject_of: Mapping[str, object]) -> list[Li
 
 def encode(items: list[LivePosition]) -> bytes:
     return _encode(_Message(1, items))
-
-
-class ProvisionalAlert(msgspec.Struct, frozen=True):
-    """A rule's conclusion before the database has it (`ingest/ahead.py`): no id yet."""
-
-    event: str  # opened | cleared
-    type: str
-    subject_id: int
-    at: str  # ISO 8601, the fix's time
-    device_id: str | None = None
-    zone_id: int | None = None
-    confidence: str | None = None
-    late: bool = False
-    position: dict | None = None
-    details: dict = {}
-
-
-class ProvisionalAlerts(msgspec.Struct):
-    v: int
-    items: list[ProvisionalAlert]
 
 
 def provisional(events: Iterable[RuleEvent]) -> list[ProvisionalAlert]:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,23 +212,30 @@ def world() -> Iterator[World]:
         yield w
 
 
+def _mosquitto(base: Path) -> tuple[PrivateBroker, Callable[[str], dict]]:
+    broker = PrivateBroker(base)
+    broker.start()
+    return broker, lambda pg_url: asyncio.run(cred.provision(
+        pg_url, broker.url, {"admin": {"username": cred.ADMIN_USER, "password": ADMIN_PW}},
+        ("ingest", "dev")))
+
+
 @contextlib.contextmanager
-def private_world() -> Iterator[World]:
-    """PostgreSQL, Redis and Mosquitto of its own, migrated and provisioned; removed after."""
+def private_world(make_broker: Callable[[Path], tuple] = _mosquitto,
+                  world_type: type[World] | None = None) -> Iterator[World]:
+    """PostgreSQL, Redis and a broker of its own (Mosquitto unless `make_broker` says: it
+    returns the started broker and how to make the accounts), migrated and provisioned;
+    removed after."""
     base = Path(tempfile.mkdtemp(prefix="tether-faults-"))
     pg = PrivatePg.create(base)
     red = PrivateRedis(base)
     red.start()
     (base / "mqtt").mkdir()
-    broker = PrivateBroker(base / "mqtt")
-    broker.start()
+    broker, accounts = make_broker(base / "mqtt")
     w = None
     try:
         migrate(pg.url())
-        accounts = asyncio.run(cred.provision(
-            pg.url(), broker.url, {"admin": {"username": cred.ADMIN_USER, "password": ADMIN_PW}},
-            ("ingest", "dev")))
-        w = World(pg, red, broker, accounts)
+        w = (world_type or World)(pg, red, broker, accounts(pg.url()))
         yield w
     finally:
         for p in w.workers if w else ():

@@ -14,10 +14,9 @@ import json
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +24,9 @@ import aiomqtt
 import psycopg
 import pytest
 
-from ingest.store import migrate
 from tests.integration.conftest import eventually
 from tests.integration.receivers import free_port
-from tests.integration.test_faults import PrivatePg, PrivateRedis, World, _wait_port, fleet, settle
+from tests.integration.test_faults import World, _wait_port, fleet, private_world, settle
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("nats-server") is None
@@ -99,30 +97,16 @@ class NatsWorld(World):
                                    f"@127.0.0.1:{self.broker.port}"}
 
 
+def _nats(base: Path) -> tuple[PrivateNats, Callable[[str], dict]]:
+    nats = PrivateNats(base)
+    nats.start()
+    return nats, lambda _pg_url: {u: {"username": u, "password": f"pw-{u}"} for u in USERS}
+
+
 @pytest.fixture
 def world() -> Iterator[NatsWorld]:
-    base = Path(tempfile.mkdtemp(prefix="tether-nats-ingest-"))
-    pg = PrivatePg.create(base)
-    red = PrivateRedis(base)
-    red.start()
-    (base / "nats").mkdir()
-    nats = PrivateNats(base / "nats")
-    nats.start()
-    w = None
-    try:
-        migrate(pg.url())
-        accounts = {u: {"username": u, "password": f"pw-{u}"} for u in USERS}
-        w = NatsWorld(pg, red, nats, accounts)  # type: ignore[arg-type]
-        yield w
-    finally:
-        for p in w.workers if w else ():
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
-        nats.stop()
-        red.stop()
-        pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    with private_world(_nats, NatsWorld) as w:
+        yield w  # type: ignore[misc]
 
 
 @pytest.mark.timeout(240)
