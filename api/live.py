@@ -156,6 +156,7 @@ class LiveHub:
     async def _positions(self) -> None:
         r = redis.Redis.from_url(self.settings.redis_url)
         alerts_channel = channels.live_alerts(self.settings.redis_prefix)
+        alerts_key = alerts_channel.encode()  # redis-py names the channel in bytes
         backoff = Backoff(0.5, 10.0)
         try:
             while True:
@@ -166,7 +167,7 @@ class LiveHub:
                         self.subscribed.set()
                         backoff.reset()
                         async for m in ps.listen():
-                            if m.get("channel") == alerts_channel.encode():
+                            if m.get("channel") == alerts_key:
                                 self.provisional(m.get("data"))
                             else:
                                 self.feed(m.get("data"))

@@ -74,8 +74,8 @@ class Rule(msgspec.Struct, omit_defaults=True):
     acc: float = 0.0  # sum of accuracies while pending
     since: float = 0.0  # first pending evidence, or when the breach opened (epoch s)
     last: float = 0.0  # newest evidence (epoch s)
-    cn: int = 0  # compliant fixes in a row while in breach: len(ct)
-    # Their times, sorted: compliant evidence dated after the newest breach evidence. Times,
+    # While in breach, the times (sorted) of the compliant evidence dated after the newest
+    # breach evidence: the compliant fixes "in a row" that end it. Times,
     # not a count, so the clear does not depend on the order fixes arrive in (several workers;
     # engine.py `late_fixes`): breach evidence removes only what is older than itself.
     ct: list[float] = []
@@ -128,9 +128,9 @@ def step(r: Rule, depth: float | None, acc: float, t: float, s: RuleSettings,
             r.st, r.n, r.depth, r.acc = "clear", 0, 0.0, 0.0
         elif r.st == "breach":
             r.ct = sorted([*r.ct, t])
-            r.cn = len(r.ct)
-            if r.cn >= s.clear_fixes or (r.cn >= 2 and r.ct[-1] - r.ct[0] >= s.clear_s):
-                r.st, r.n, r.cn, r.ct = "clear", 0, 0, []
+            n = len(r.ct)
+            if n >= s.clear_fixes or (n >= 2 and r.ct[-1] - r.ct[0] >= s.clear_s):
+                r.st, r.n, r.ct = "clear", 0, []
                 return CLEAR, None
         return None
     if r.st == "breach":
@@ -145,7 +145,7 @@ def step(r: Rule, depth: float | None, acc: float, t: float, s: RuleSettings,
     dwelt = r.n >= 2 and t - r.since >= (dwell_s if dwell_s is not None else s.probable_dwell_s)
     statistical = dwell_s is None and r.n >= 2 and r.depth / r.n > (r.acc / r.n) / math.sqrt(r.n)
     if confident or dwelt or statistical:
-        r.st, r.n, r.cn, r.ct, r.since = "breach", 1, 0, [], t
+        r.st, r.n, r.ct, r.since = "breach", 1, [], t
         return OPEN, "confident" if confident else "probable"
     return None
 
@@ -154,7 +154,7 @@ def breach_evidence(r: Rule, t: float) -> None:
     """Evidence of a breach in force at t: compliant evidence before it no longer counts."""
     r.n += 1
     r.ct = [c for c in r.ct if c > t]
-    r.cn, r.last = len(r.ct), max(r.last, t)
+    r.last = max(r.last, t)
 
 
 def force_open(r: Rule, t: float) -> bool:
@@ -162,12 +162,12 @@ def force_open(r: Rule, t: float) -> bool:
     if r.st == "breach":
         r.n, r.last = r.n + 1, t
         return False
-    r.st, r.n, r.since, r.last, r.cn, r.ct = "breach", 1, t, t, 0, []
+    r.st, r.n, r.since, r.last, r.ct = "breach", 1, t, t, []
     return True
 
 
 def force_clear(r: Rule) -> bool:
     """True if a breach (or pending one) ended."""
     was = r.st == "breach"
-    r.st, r.n, r.cn, r.ct, r.depth, r.acc = "clear", 0, 0, [], 0.0, 0.0
+    r.st, r.n, r.ct, r.depth, r.acc = "clear", 0, [], 0.0, 0.0
     return was

@@ -5,8 +5,9 @@ nothing; but left at that, nothing is judged either, and a breach during the out
 only when the backlog drains. Judging needs only the rule state (Redis) and the world (memory),
 so the writer, while its batch waits for the database, judges it and the batches that follow,
 at once: their positions reach the live map and their alerts reach screens and phones as
-`alert_provisional` (contract, docs/api.md), in time. The verdicts stay with each batch and are
-recorded with its fixes when the database is back, in arrival order; nothing is judged twice.
+`alert_provisional` (a contract extension, docs/live.md), in time. The verdicts stay with each
+batch and are recorded with its fixes when the database is back, in arrival order; nothing is
+judged twice.
 
 Bounded: at most `judge_ahead_rows` fixes are held in memory, unacknowledged (a crash loses none:
 the broker redelivers them). Beyond that the writer takes nothing more, the receiver blocks and

@@ -216,8 +216,7 @@ class Ingest:
                 log.warning("database unavailable; judging ahead, storing later",
                             error=str(e)[:200], retry_s=backoff.delay)
                 await self.ahead.judge(batch)
-                await self.ahead.take(backoff.delay)
-                backoff.delay = min(backoff.delay * 2, backoff.cap)
+                await self.ahead.take(backoff.grow())  # judging what arrives meanwhile
             except (StateError, StateConflict, OSError) as e:
                 logs.still_running()
                 metrics.store_errors.inc()

@@ -20,11 +20,16 @@ class Backoff:
     def reset(self) -> None:
         self.delay = self.first
 
-    async def wait(self) -> float:
+    def grow(self) -> float:
+        """The delay to wait now (the caller waits it its own way); the next one doubles."""
         waited = self.delay
-        logs.still_running()  # never sleep on a cancellation a library swallowed
-        await asyncio.sleep(waited)
         self.delay = min(self.delay * 2, self.cap)
+        return waited
+
+    async def wait(self) -> float:
+        logs.still_running()  # never sleep on a cancellation a library swallowed
+        waited = self.grow()
+        await asyncio.sleep(waited)
         return waited
 
 

@@ -165,7 +165,7 @@ async def _ingest(s: Settings, health: Health, slot: int = 0) -> None:
             # The worker supervises its own parts (writer, timers, ...) and reports them in
             # `health`.
             async with ingest_worker(s, health) as worker:
-                running = asyncio.ensure_future(worker.run())
+                running = asyncio.create_task(worker.run(), name="ingest-worker")
                 try:
                     await asyncio.shield(running)
                 except asyncio.CancelledError:
