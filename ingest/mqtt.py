@@ -1,20 +1,16 @@
-"""The MQTT edge: the only module importing aiomqtt/paho, so the hot path can change library.
+"""The MQTT edge: the only module importing aiomqtt/paho, and the ingest's receiver.
 
-Why manual acknowledgement: aiomqtt 2.5 acknowledges QoS 1 messages on receipt, so a crash
-between receipt and commit would lose fixes the broker already forgot. The paho client under
-it supports manual acks; we switch them on before connecting and acknowledge only after the
-batch holding a message is committed. aiomqtt 3 offers this natively; moving to it changes
-this module only.
-
-Backpressure: unacknowledged messages count against the broker's in-flight window
-(`max_inflight_messages`, 10,000 in scripts/mosquitto.conf), so the client-side queue can never
-hold more than that window; beyond it the broker queues (persistently) for us. That window is
-the bound of this queue, and its overflow rule is "the broker holds the rest" - never a drop.
+The receiver (`MqttSource`) speaks the frames of `ingest/mqtt_wire.py` over an asyncio stream:
+at saturation, paho's receive path took a quarter of a worker (docs/bench.md). It acknowledges
+a QoS 1 message only after the batch holding it is committed, so a crash between receipt and
+commit loses nothing the broker already forgot. Publishing (simulators' helpers, benches, tests)
+and the bench's bare subscriber stay on aiomqtt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,20 +20,16 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 
 from ingest import metrics
+from ingest import mqtt_wire as wire
+from ingest.mqtt_wire import Delivery
 from tether import logs
 from tether.retry import Backoff
 
 log = logs.get("ingest.mqtt")
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    topic: str
-    payload: bytes
-    retained: bool
-    mid: int
-    qos: int
-    generation: int  # which connection delivered it: an ack on a later one would be wrong
+class MqttError(Exception):
+    """The broker refused or broke the session: `MqttSource.run` reconnects."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,15 +56,20 @@ class Broker:
 
 
 BURST = 512  # messages handed over at once, at most
+KEEPALIVE_S = 30
+HANDSHAKE_S = 10.0  # CONNACK and SUBACK, each
+READ_BYTES = 256 * 1024
 
 
 class MqttSource:
     """Consumes subscriptions with a persistent session, reconnecting with backoff forever.
 
-    Messages are handed over in bursts: after waiting for one, everything already queued (up
-    to `burst`) is taken without waiting again. aiomqtt's iterator costs a task and an
-    `asyncio.wait` per message, which the profile of one fix per message showed as the
-    receiver's largest cost; `burst=1` is the old path, kept for `tether bench` to compare."""
+    On the frames of `ingest/mqtt_wire.py` (why: its docstring): each socket read is parsed
+    whole and its messages handed over in bursts of up to `burst`; acks are written a batch at
+    a time. Backpressure: while `handle` waits (the writer is behind), the socket is not read;
+    the broker's in-flight window (`max_inflight_messages`, 10,000 in scripts/mosquitto.conf)
+    bounds what is taken and not acknowledged, and the broker holds the rest - never a drop.
+    `burst=1` hands messages over one at a time, kept for `tether bench` to compare."""
 
     def __init__(self, broker: Broker, client_id: str, subscriptions: Sequence[str],
                  burst: int = BURST) -> None:
@@ -80,7 +77,7 @@ class MqttSource:
         self.client_id = client_id
         self.subscriptions = list(subscriptions)
         self.burst = burst
-        self._client: aiomqtt.Client | None = None
+        self._writer: asyncio.StreamWriter | None = None
         self._generation = 0
         self.connected = asyncio.Event()
 
@@ -91,51 +88,108 @@ class MqttSource:
         # Devices retry after 1 s and up (paho's shortest delay), so the ingest must be first.
         backoff = Backoff(0.1, 1.0)
         while True:
-            client = aiomqtt.Client(
-                self.broker.host, self.broker.port, identifier=self.client_id,
-                username=self.broker.username, password=self.broker.password,
-                tls_context=self.broker.tls_context(),
-                protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, keepalive=30)
-            # Before connecting: a persistent session redelivers as soon as CONNACK is sent.
-            client._client.manual_ack_set(True)
             try:
-                async with client:
-                    self._generation += 1
-                    generation = self._generation
-                    self._client = client
-                    await client.subscribe([(t, 1) for t in self.subscriptions])
-                    # subscribe() waits through Python 3.11's asyncio.wait_for, which returns the
-                    # SUBACK instead of raising when a cancellation arrives with it: without
-                    # this check a stopped worker would go on consuming.
-                    logs.still_running()
-                    metrics.mqtt_connects.inc()
-                    log.info("mqtt connected", client_id=self.client_id,
-                             subscriptions=self.subscriptions)
-                    self.connected.set()
-                    backoff.reset()
-                    queue = client._queue  # aiomqtt 2.5: what `client.messages` reads
-                    async for m in client.messages:
-                        burst = [m]
-                        while len(burst) < self.burst and not queue.empty():
-                            burst.append(queue.get_nowait())
-                        await handle([Delivery(x.topic.value, bytes(x.payload), x.retain, x.mid,
-                                               x.qos, generation) for x in burst])
-            except aiomqtt.MqttError as e:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                    self.broker.host, self.broker.port, ssl=self.broker.tls_context()),
+                    HANDSHAKE_S)
+                try:
+                    await self._session(reader, writer, handle, backoff)
+                finally:
+                    self.connected.clear()
+                    self._writer = None
+                    writer.transport.abort()
+            except (OSError, TimeoutError, wire.ProtocolError, MqttError) as e:
                 logs.still_running()
-                log.warning("mqtt connection lost; retrying", error=str(e),
+                log.warning("mqtt connection lost; retrying", error=str(e) or type(e).__name__,
                             retry_s=backoff.delay)
-            finally:
-                self.connected.clear()
-                self._client = None
             await backoff.wait()
 
-    def ack(self, d: Delivery) -> None:
-        """Acknowledge after commit. A message from an earlier connection is not acked: the
-        broker redelivers it, and the store's unique key makes that harmless."""
-        client = self._client
-        if d.qos == 0 or client is None or d.generation != self._generation:
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       handle: Callable[[list[Delivery]], Awaitable[None]],
+                       backoff: Backoff) -> None:
+        b = self.broker
+        writer.write(wire.connect_frame(self.client_id, KEEPALIVE_S, False, b.username,
+                                        b.password))
+        buf = bytearray()
+        self._generation += 1  # before reading: messages may share CONNACK's read
+        generation = self._generation
+        frames = await asyncio.wait_for(self._read(reader, buf, generation), HANDSHAKE_S)
+        code = wire.connack_result(frames.pop(0))  # nothing may come before it
+        if code:
+            raise MqttError(f"broker refused the connection: "
+                            f"{wire.CONNACK_REFUSED.get(code, code)}")
+        self._writer = writer
+        writer.write(wire.subscribe_frame(1, self.subscriptions))
+        heard = [time.monotonic()]
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._keepalive(writer, heard), name="ingest-mqtt-keepalive")
+            subscribed_by = time.monotonic() + HANDSHAKE_S
+            while True:
+                # A persistent session redelivers right after CONNACK: messages may come
+                # before the SUBACK, and are handed over like any other.
+                for k in range(0, len(frames), self.burst):
+                    part = frames[k:k + self.burst]
+                    burst = [f for f in part if type(f) is Delivery]
+                    if len(burst) < len(part):
+                        self._control([f for f in part if type(f) is not Delivery], backoff)
+                    if burst:
+                        heard[0] = math.inf  # blocked in handle (backpressure): silence is ours
+                        await handle(burst)
+                        heard[0] = time.monotonic()
+                if not self.connected.is_set() and time.monotonic() > subscribed_by:
+                    raise MqttError("no SUBACK from the broker")
+                frames = await self._read(reader, buf, generation)
+                heard[0] = time.monotonic()
+
+    async def _read(self, reader: asyncio.StreamReader, buf: bytearray, generation: int
+                    ) -> list:
+        while True:
+            data = await reader.read(READ_BYTES)
+            if not data:
+                raise MqttError("connection closed by the broker")
+            buf += data
+            frames, used = wire.parse(buf, generation)
+            del buf[:used]
+            if frames:
+                return frames
+
+    def _control(self, frames: list, backoff: Backoff) -> None:
+        for f in frames:
+            if f.kind == wire.SUBACK:
+                _mid, granted = wire.suback_codes(f)
+                if len(granted) != len(self.subscriptions) or 0x80 in granted:
+                    raise MqttError(f"subscriptions refused by the broker: {granted.hex()}")
+                logs.still_running()
+                metrics.mqtt_connects.inc()
+                log.info("mqtt connected", client_id=self.client_id,
+                         subscriptions=self.subscriptions)
+                self.connected.set()
+                backoff.reset()
+            elif f.kind != wire.PINGRESP:
+                raise wire.ProtocolError(f"unexpected packet type {f.kind}")
+
+    async def _keepalive(self, writer: asyncio.StreamWriter, heard: list[float]) -> None:
+        """PINGREQ at half the keepalive. A broker silent for 1.5 keepalives (no PINGRESP,
+        nothing) while we read is gone: the connection is aborted, and `run` reconnects.
+        `heard` is infinite while the receiver waits in `handle` and reads nothing."""
+        while True:
+            await asyncio.sleep(KEEPALIVE_S / 2)
+            writer.write(wire.PINGREQ_FRAME)
+            if time.monotonic() - heard[0] > 1.5 * KEEPALIVE_S:
+                writer.transport.abort()
+                return
+
+    def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge after commit, in arrival order, in one write. A message from an earlier
+        connection is not acked: the broker redelivers it, and the store's unique key makes
+        that harmless."""
+        writer = self._writer
+        if writer is None or writer.is_closing():
             return
-        client._client.ack(d.mid, d.qos)
+        g = self._generation
+        mids = [d.mid for d in deliveries if d.qos and d.generation == g]
+        if mids:
+            writer.write(wire.pubacks(mids))
 
 
 class MqttPublisher:
@@ -162,7 +216,8 @@ class MqttPublisher:
         await self._client.publish(topic, payload, qos=qos, retain=retain)
 
 
-__all__ = ["Broker", "Delivery", "MqttPublisher", "MqttSource", "PlainSubscriber"]
+__all__ = ["Broker", "Delivery", "MqttError", "MqttPublisher", "MqttSource",
+           "PlainSubscriber"]
 
 
 class PlainSubscriber:

@@ -259,8 +259,8 @@ class Ingest:
                         f" {str(e)[:200]}")
             result = await self._persist_each(batch)
         self._count(batch, result, started)
-        for m in batch.messages:  # in arrival order, as MQTT asks of QoS 1 acks
-            self.source.ack(m.delivery)
+        # in arrival order, as MQTT asks of QoS 1 acks
+        self.source.ack_all([m.delivery for m in batch.messages])
         await self._publish(batch)
 
     def _count(self, batch: Batch, result: WriteResult, started: float) -> None:

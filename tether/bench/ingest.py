@@ -69,7 +69,7 @@ async def _plain_drain(s: Settings, msgs: list[tuple[str, bytes]], topic: str) -
 
 async def _ingest_drain(s: Settings, msgs: list[tuple[str, bytes]], expected: int,
                         burst: int | None = None) -> float:
-    """`burst=1`: the receiver's old path (one aiomqtt iterator step per message)."""
+    """`burst=1`: messages handed over one at a time (the receiver's old way)."""
     before = store.count_fixes(s.database_url)
     async with ingest_worker(s) as worker:  # first: create the persistent session
         task = asyncio.create_task(worker.run(), name="bench-ingest-session")
