@@ -25,11 +25,13 @@ class DeviceKind(StrEnum):
     VICTIM = "victim"
 
 
-class Fix(msgspec.Struct, frozen=True, eq=False):
+class Fix(msgspec.Struct, frozen=True, eq=False, gc=False):
     """One position report, always held in WGS-84 (the original is kept when converted).
     Immutable once decoded: a filter's verdict (`outlier`) is a copy (`msgspec.structs.
     replace`), never an edit. A frozen Struct, not a frozen dataclass: it is built once per
-    fix on the hot path, and a frozen dataclass's __init__ cost five times as much (#10)."""
+    fix on the hot path, and a frozen dataclass's __init__ cost five times as much (#10).
+    Not tracked by the cyclic collector (gc=False): a fix holds only scalars and its decoded
+    JSON `extra`, which cannot refer back to it, so it can never be part of a cycle."""
 
     device_id: str
     fix_time: datetime  # device clock, timezone-aware UTC

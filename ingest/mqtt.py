@@ -94,10 +94,15 @@ class MqttSource:
                     HANDSHAKE_S)
                 try:
                     await self._session(reader, writer, handle, backoff)
+                except asyncio.CancelledError:  # a stop: the last acks and a DISCONNECT go out
+                    writer.write(wire.DISCONNECT_FRAME)
+                    writer.close()
+                    raise
                 finally:
                     self.connected.clear()
                     self._writer = None
-                    writer.transport.abort()
+                    if not writer.is_closing():
+                        writer.transport.abort()  # broken: nothing left worth sending
             except (OSError, TimeoutError, wire.ProtocolError, MqttError) as e:
                 logs.still_running()
                 log.warning("mqtt connection lost; retrying", error=str(e) or type(e).__name__,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import os
 import signal
 import socket
@@ -27,6 +28,7 @@ Part = Callable[[], Awaitable[None]]
 API_STOP_S = 5.0  # on shutdown, open requests and sockets get this long to finish
 INGEST_DRAIN_S = 10.0  # on shutdown, the batches taken get this long to be committed
 ACK_FLUSH_S = 0.2  # ... and their acknowledgements this long to be written
+GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections in an ingest process
 
 
 def parts(s: Settings, health: Health, with_ingest: bool, with_api: bool,
@@ -149,6 +151,10 @@ async def _ingest(s: Settings, health: Health, slot: int = 0) -> None:
     from ingest import metrics
     from ingest.runner import ingest_worker
     metrics.watch_gc()
+    # Young collections: at the default threshold (700 allocations) a worker holding 4,500
+    # fixes/s collected 160 times a second, re-scanning batches still in flight and promoting
+    # them; collections took 7 % of its CPU (tether_gc_pause_seconds, docs/bench.md).
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
     # Found afresh on each start: a database down now fails the part, which retries.
     s = await asyncio.to_thread(ingest_identity, s, slot)
     logs.still_running()

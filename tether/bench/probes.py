@@ -75,7 +75,10 @@ class Workers:
 
     async def stored(self) -> int:
         total = 0
-        for p in self.ports:
+        for p, proc in zip(self.ports, self.procs, strict=True):
+            if proc.poll() is not None:
+                raise RuntimeError(f"ingest worker on metrics port {p} exited "
+                                   f"({proc.returncode}); its log is above")
             r = await self.http.get(f"http://127.0.0.1:{p}/metrics")
             for line in r.text.splitlines():
                 if line.startswith("tether_ingest_fixes_stored_total "):
