@@ -93,6 +93,9 @@ class MqttSource:
                     self.broker.host, self.broker.port, ssl=self.broker.tls_context()),
                     HANDSHAKE_S)
                 try:
+                    # Python 3.11's wait_for returns the result instead of raising when a
+                    # cancellation arrives with it: a stopped worker must not go on consuming.
+                    logs.still_running()
                     await self._session(reader, writer, handle, backoff)
                 except asyncio.CancelledError:  # a stop: the last acks and a DISCONNECT go out
                     writer.write(wire.DISCONNECT_FRAME)
@@ -119,6 +122,7 @@ class MqttSource:
         self._generation += 1  # before reading: messages may share CONNACK's read
         generation = self._generation
         frames = await asyncio.wait_for(self._read(reader, buf, generation), HANDSHAKE_S)
+        logs.still_running()  # as above
         code = wire.connack_result(frames.pop(0))  # nothing may come before it
         if code:
             raise MqttError(f"broker refused the connection: "

@@ -129,16 +129,26 @@ async def test_sigkilled_worker_loses_no_received_fix(settings: Settings, db, re
            "TETHER_REDIS_PREFIX": settings.redis_prefix, "TETHER_LOG_LEVEL": "INFO"}
 
     drains: list[asyncio.Task] = []
+    procs: list[asyncio.subprocess.Process] = []
+    logs: list[bytearray] = []
+
+    async def keep_log(p: asyncio.subprocess.Process, log: bytearray) -> None:
+        # Keep reading its log: a full pipe would block the worker on its next log line.
+        while line := await p.stderr.readline():
+            log += line
 
     async def start() -> asyncio.subprocess.Process:
         p = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tether.cli", "ingest", env=env,
             stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL)
+        procs.append(p)
+        logs.append(log := bytearray())
         async with asyncio.timeout(20):
-            while b"mqtt connected" not in await p.stderr.readline():
-                pass
-        # Keep reading its log: a full pipe would block the worker on its next log line.
-        drains.append(asyncio.create_task(p.stderr.read(), name="test-worker-log"))
+            while b"mqtt connected" not in log:
+                if not (line := await p.stderr.readline()):
+                    raise AssertionError(f"worker exited before connecting:\n{log.decode()}")
+                log += line
+        drains.append(asyncio.create_task(keep_log(p, log), name="test-worker-log"))
         return p
 
     try:
@@ -155,7 +165,16 @@ async def test_sigkilled_worker_loses_no_received_fix(settings: Settings, db, re
             await eventually(lambda: stored(db, d) == 300, timeout=40, what="all 300 rows")
         finally:
             worker.send_signal(signal.SIGTERM)
-            await worker.wait()
+            try:
+                async with asyncio.timeout(20):  # a graceful stop takes at most ~10 s
+                    await worker.wait()
+            except TimeoutError:
+                raise AssertionError("worker did not stop on SIGTERM:\n"
+                                     + logs[-1][-6000:].decode(errors="replace")) from None
     finally:
+        for p in procs:  # nothing outlives the test, whatever failed
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
         await proxy.stop()
         await asyncio.gather(*drains, return_exceptions=True)
