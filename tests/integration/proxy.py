@@ -40,10 +40,17 @@ class CuttableProxy:
         if self.cut:
             writer.transport.abort()
             return
+        self._pairs.add(writer)  # a sever while the upstream connects must cut this one too
         try:
             up_r, up_w = await asyncio.open_connection(*self.target)
         except OSError:
             writer.transport.abort()
+            self._pairs.discard(writer)
+            return
+        if self.cut:  # severed while connecting upstream: seen once letting a commit through
+            up_w.transport.abort()
+            writer.transport.abort()
+            self._pairs.discard(writer)
             return
         self._pairs.update((writer, up_w))
         await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
