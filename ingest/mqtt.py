@@ -56,7 +56,7 @@ class Broker:
 
 
 BURST = 512  # messages handed over at once, at most
-KEEPALIVE_S = 30
+KEEPALIVE_S = 30  # asked of the broker; a test shortens it to see a silent broker dropped
 HANDSHAKE_S = 10.0  # CONNACK and SUBACK, each
 READ_BYTES = 256 * 1024
 
@@ -78,6 +78,7 @@ class MqttSource:
         self.subscriptions = list(subscriptions)
         self.burst = burst
         self._writer: asyncio.StreamWriter | None = None
+        self._ping: asyncio.TimerHandle | None = None
         self._generation = 0
         self.connected = asyncio.Event()
 
@@ -130,8 +131,11 @@ class MqttSource:
         self._writer = writer
         writer.write(wire.subscribe_frame(1, self.subscriptions))
         heard = [time.monotonic()]
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._keepalive(writer, heard), name="ingest-mqtt-keepalive")
+        # A timer, not a task beside this loop: an error of the loop must reach `run` as
+        # itself (a TaskGroup would wrap it in an ExceptionGroup, and `run` would not retry).
+        self._ping = asyncio.get_running_loop().call_later(KEEPALIVE_S / 2, self._keepalive,
+                                                           writer, heard)
+        try:
             subscribed_by = time.monotonic() + HANDSHAKE_S
             while True:
                 # A persistent session redelivers right after CONNACK: messages may come
@@ -149,6 +153,8 @@ class MqttSource:
                     raise MqttError("no SUBACK from the broker")
                 frames = await self._read(reader, buf, generation)
                 heard[0] = time.monotonic()
+        finally:
+            self._ping.cancel()  # the timer re-arms itself: this is its latest handle
 
     async def _read(self, reader: asyncio.StreamReader, buf: bytearray, generation: int
                     ) -> list:
@@ -177,16 +183,19 @@ class MqttSource:
             elif f.kind != wire.PINGRESP:
                 raise wire.ProtocolError(f"unexpected packet type {f.kind}")
 
-    async def _keepalive(self, writer: asyncio.StreamWriter, heard: list[float]) -> None:
+    def _keepalive(self, writer: asyncio.StreamWriter, heard: list[float]) -> None:
         """PINGREQ at half the keepalive. A broker silent for 1.5 keepalives (no PINGRESP,
-        nothing) while we read is gone: the connection is aborted, and `run` reconnects.
-        `heard` is infinite while the receiver waits in `handle` and reads nothing."""
-        while True:
-            await asyncio.sleep(KEEPALIVE_S / 2)
-            writer.write(wire.PINGREQ_FRAME)
-            if time.monotonic() - heard[0] > 1.5 * KEEPALIVE_S:
-                writer.transport.abort()
-                return
+        nothing) while we read is gone: the connection is aborted, the read fails, and `run`
+        reconnects. `heard` is infinite while the receiver waits in `handle` and reads nothing.
+        """
+        if writer.is_closing():
+            return
+        if time.monotonic() - heard[0] > 1.5 * KEEPALIVE_S:
+            writer.transport.abort()
+            return
+        writer.write(wire.PINGREQ_FRAME)
+        self._ping = asyncio.get_running_loop().call_later(KEEPALIVE_S / 2, self._keepalive,
+                                                           writer, heard)
 
     def ack_all(self, deliveries: Sequence[Delivery]) -> None:
         """Acknowledge after commit, in arrival order, in one write. A message from an earlier

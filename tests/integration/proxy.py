@@ -14,6 +14,7 @@ class CuttableProxy:
         self._server: asyncio.Server | None = None
         self._pairs: set[asyncio.StreamWriter] = set()
         self.cut = False
+        self.frozen = False  # nothing passes, not even a close: a hung peer, not a closed one
 
     async def start(self) -> CuttableProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -58,7 +59,11 @@ class CuttableProxy:
     async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await r.read(65536):
+                if self.frozen:  # swallowed, as a peer that stopped answering would
+                    continue
                 w.write(data)
                 await w.drain()
+        if self.frozen:  # a hung peer passes on no close either: the other side stays open
+            return
         w.transport.abort()
         self._pairs.discard(w)

@@ -41,8 +41,6 @@ def _client(client_id: str, login: tuple[str, str] | None, clean: bool = True) -
                     clean_session=clean, protocol=paho.MQTTv311)
     if login is not None:
         c.username_pw_set(*login)
-    c.max_inflight_messages_set(0)  # unlimited here: bounded by MAX_UNACKED instead
-    c.max_queued_messages_set(0)
     return c
 
 
@@ -57,14 +55,15 @@ class _Wire:
                  ) -> None:
         self.sock = socket.create_connection((host, port), timeout=10)
         self.sock.sendall(wire.connect_frame(client_id, 60, True, *(login or (None, None))))
-        connack = b""
-        while len(connack) < 4:
-            more = self.sock.recv(4 - len(connack))
-            if not more:
+        buf, frames = bytearray(), []
+        while not frames:
+            if not (more := self.sock.recv(4)):
                 raise ConnectionError("broker closed the connection before CONNACK")
-            connack += more
-        if connack[0] != 0x20 or connack[3] != 0:
-            raise ConnectionError(f"broker refused the connection: CONNACK {connack.hex()}")
+            buf += more
+            frames, _ = wire.parse(buf)
+        if code := wire.connack_result(frames[0]):
+            raise ConnectionError(f"broker refused the connection: "
+                                  f"{wire.CONNACK_REFUSED.get(code, code)}")
         self.sock.settimeout(None)
         self.acked = 0
         self.closed = False
