@@ -57,15 +57,16 @@ class Batch:
     prepared: Prepared | None = None  # filtered once: (fixes, events, rejects, unmonitored)
     verdicts: list[RuleEvent] | None = None  # judged ahead of storing
     shown: bool = False  # its positions already went to the live map
+    phases: dict[str, float] = field(default_factory=dict)  # seconds, for a slow-batch log
 
 
 class JudgeAhead:
     """The batches the writer has taken and not yet committed, in arrival order."""
 
-    def __init__(self, queue: asyncio.Queue[Batch], max_rows: int, rules: Rules,
-                 prepare: Callable[[list[Message]], Awaitable[Prepared]],
+    def __init__(self, next_batch: Callable[[float], Awaitable[Batch | None]], max_rows: int,
+                 rules: Rules, prepare: Callable[[list[Message]], Awaitable[Prepared]],
                  live: LivePublisher | None, registry: Callable[[], Mapping]) -> None:
-        self.queue, self.max_rows, self.rules = queue, max_rows, rules
+        self.next_batch, self.max_rows, self.rules = next_batch, max_rows, rules
         self.prepare, self.live, self.registry = prepare, live, registry
         self.held: deque[Batch] = deque()
         self.rows = 0
@@ -111,10 +112,8 @@ class JudgeAhead:
             if self.rows >= self.max_rows:
                 await asyncio.sleep(left)  # full: the receiver blocks, the broker keeps the rest
                 return
-            try:
-                batch = await asyncio.wait_for(self.queue.get(), left)
-            except TimeoutError:
+            batch = await self.next_batch(left)
+            if batch is None:
                 return
-            metrics.pending_batches.set(self.queue.qsize())
             self.add(batch)
             await self.judge(batch)

@@ -1,10 +1,13 @@
 """The ingest flow: decode -> filter -> (evaluate) -> persist -> ack -> publish.
 
-One receiver task decodes messages into the current batch. A full or old batch is handed to
-the single writer through a queue of at most `MAX_PENDING_BATCHES`; when the writer is behind,
-the hand-off blocks the receiver (backpressure: the broker holds further messages, nothing is
-dropped). The writer commits a batch, acknowledges its messages in arrival order, then updates
-the shared live state.
+One receiver task decodes messages into the current batch; one writer commits batches. The
+writer takes the current batch whenever it is free and the batch's first message is
+`batch_age_ms` old (group commit: under load a batch holds what arrived during the previous
+commit, so waiting is one commit long, and batches grow with the load). A batch that fills up
+(`batch_rows`) first is handed over through a queue of at most `MAX_PENDING_BATCHES`; when the
+writer is that far behind, the hand-off blocks the receiver (backpressure: the broker holds
+further messages, nothing is dropped). The writer commits a batch, acknowledges its messages
+in arrival order, then updates the shared live state.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from tether.supervise import Health, supervised
 log = logs.get("ingest")
 MAX_PENDING_BATCHES = 2
 DB_AWAY_WAIT_S = 0.5  # for a connection, once the database failed a commit
+SLOW_BATCH_S = 1.0  # from first message to published: logged with its phases
 
 
 def _text(s: str) -> str:
@@ -74,8 +78,9 @@ class Ingest:
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=MAX_PENDING_BATCHES)
         # Taken by the writer, not yet acked (judged ahead while the database is away); kept
         # across a restart of the writer: acks are in arrival order.
-        self.ahead = JudgeAhead(self.queue, settings.judge_ahead_rows, rules, self._prepare_once,
-                                live, lambda: self.registry)
+        self.wake = asyncio.Event()  # a batch got its first message, or was handed over
+        self.ahead = JudgeAhead(self.next_batch, settings.judge_ahead_rows, rules,
+                                self._prepare_once, live, lambda: self.registry)
         self.committed_batches = 0
         self.draining = False  # a graceful stop: take nothing more, commit what was taken
         self.idle = asyncio.Event()  # set by the writer when nothing taken is left to commit
@@ -83,8 +88,7 @@ class Ingest:
     async def run(self) -> None:
         """Each part runs supervised: one failing (a timer, the world watch) is logged, counted
         and restarted with backoff while the others keep ingesting."""
-        parts = {"ingest-writer": self.writer, "ingest-flush-timer": self.flush_timer,
-                 "ingest-registry-refresh": self.registry_refresh,
+        parts = {"ingest-writer": self.writer, "ingest-registry-refresh": self.registry_refresh,
                  "ingest-retention": self.retention, "rules-world-watch": self.rules.watch,
                  "rules-ticker": self.rules.ticker,
                  "ingest-mqtt": lambda: self.source.run(self.receive)}
@@ -108,6 +112,7 @@ class Ingest:
             b = self.batch
             if not b.messages:
                 b.started = time.monotonic()
+                self.wake.set()
             b.messages.append(msg)
             b.rows += len(msg.fixes)
             if b.rows >= self.settings.batch_rows or \
@@ -134,34 +139,47 @@ class Ingest:
         batch already taken, the one being filled included, within `limit_s`. True if all was
         committed; what was not stays unacknowledged with the broker (nothing is lost)."""
         self.draining = True
-        deadline = time.monotonic() + limit_s
-        if self.batch.messages:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._hand_off(), limit_s)
+        self.wake.set()  # the writer takes the batch being filled without waiting for its age
         self.idle.clear()
-        if self.queue.qsize() or self.ahead.held:
+        if self._taken_or_waiting():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.idle.wait(), max(0.0, deadline - time.monotonic()))
-        done = not (self.queue.qsize() or self.ahead.held or self.batch.messages)
+                await asyncio.wait_for(self.idle.wait(), limit_s)
+        done = not self._taken_or_waiting()
         log.info("ingest drained" if done else "ingest stopped with batches uncommitted",
                  committed_batches=self.committed_batches)
         return done
 
+    def _taken_or_waiting(self) -> bool:
+        return bool(self.queue.qsize() or self.ahead.held or self.batch.messages)
+
     async def _hand_off(self) -> None:
+        """A full batch, to the queue: blocks while the writer is `MAX_PENDING_BATCHES` behind."""
         batch, self.batch = self.batch, Batch()
         metrics.pending_batches.set(self.queue.qsize() + 1)
         await self.queue.put(batch)  # blocks when the writer is behind: backpressure
+        self.wake.set()
 
-    async def flush_timer(self) -> None:
+    async def next_batch(self, within_s: float | None = None) -> Batch | None:
+        """The writer's next batch: a full one from the queue, else the batch being filled once
+        its first message is `batch_age_ms` old (at once when draining). None after `within_s`."""
         age = self.settings.batch_age_ms / 1000
+        deadline = None if within_s is None else time.monotonic() + within_s
         while True:
-            logs.still_running()
-            b = self.batch
-            wait = age if not b.messages else b.started + age - time.monotonic()
-            if b.messages and wait <= 0:
-                await self._hand_off()
-            else:
-                await asyncio.sleep(max(wait, 0.005))
+            if not self.queue.empty():
+                batch = self.queue.get_nowait()
+                metrics.pending_batches.set(self.queue.qsize())
+                return batch
+            b, now = self.batch, time.monotonic()
+            if b.messages and (self.draining or now - b.started >= age):
+                self.batch = Batch()
+                return b
+            if deadline is not None and now >= deadline:
+                return None
+            waits = [w for w in (b.started + age - now if b.messages else None,
+                                 None if deadline is None else deadline - now) if w is not None]
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), min(waits) if waits else None)
 
     # --- persist, ack, publish ----------------------------------------------------------------
 
@@ -171,12 +189,13 @@ class Ingest:
             # cancellation; each loop of a part re-raises a pending one, so a worker stops.
             logs.still_running()
             if not self.ahead.held:
-                self.ahead.add(await self.queue.get())
-                metrics.pending_batches.set(self.queue.qsize())
+                batch = await self.next_batch()
+                assert batch is not None  # no timeout: waits for one
+                self.ahead.add(batch)
             await self.persist(self.ahead.held[0])
             self.ahead.done()
             self.committed_batches += 1
-            if not self.ahead.held and self.queue.empty():
+            if not self._taken_or_waiting():
                 self.idle.set()
 
     async def _prepare(self, messages: list[_Message], retry: bool = True) -> Prepared:
@@ -205,7 +224,9 @@ class Ingest:
         while True:
             try:
                 if batch.prepared is None:  # a device new to this worker: the registry first
+                    t = time.monotonic()
                     batch.prepared = await self._prepare(batch.messages, retry=False)
+                    batch.phases["prepare"] = time.monotonic() - t
                 # Known to be away: ask briefly, and judge what arrives meanwhile.
                 return await self._commit(*batch.prepared, verdicts=batch.verdicts, batch=batch,
                                           wait_s=DB_AWAY_WAIT_S if away else None)
@@ -234,9 +255,13 @@ class Ingest:
         ahead, while the database was away (`ingest/ahead.py`). The verdicts are kept with
         `batch` once judged: the rule state moved on, so a retry after a failed commit records
         them rather than judge the same fixes again."""
+        phases = batch.phases if batch is not None else {}
+        t0 = time.monotonic()
         async with self.store.batch(wait_s) as tx:
+            t1 = time.monotonic()
             await tx.count_unmonitored(unmonitored or {})
             new_fixes, new_events = await tx.store(fixes, events, rejects)
+            t2 = time.monotonic()
             if verdicts is None:
                 verdicts = (await self.rules.judge(new_fixes, new_events)
                             if new_fixes or new_events else [])
@@ -244,13 +269,17 @@ class Ingest:
                     batch.verdicts = verdicts
             elif not (new_fixes or new_events):
                 verdicts = []  # stored before (a commit whose answer was lost): recorded then
+            t3 = time.monotonic()
             changed = await tx.record_alerts(verdicts)
+        phases.update(connect=t1 - t0, store=t2 - t1, judge=t3 - t2,
+                      commit=time.monotonic() - t3)
         return WriteResult(len(new_fixes), len(new_events), changed)
 
     async def persist(self, batch: Batch) -> None:
         """The flow after decoding: filter → store → evaluate → record alerts → commit
         (`_store`), then ack (only what is committed), then publish (live state, screens)."""
         started = time.monotonic()
+        batch.phases["waited"] = started - batch.started  # from its first message to taken
         try:
             result = await self._store_held(batch)
         except Exception as e:  # not transient (those are held in _retry): isolate the culprit
@@ -261,7 +290,14 @@ class Ingest:
         self._count(batch, result, started)
         # in arrival order, as MQTT asks of QoS 1 acks
         self.source.ack_all([m.delivery for m in batch.messages])
+        t = time.monotonic()
         await self._publish(batch)
+        batch.phases["publish"] = time.monotonic() - t
+        if (took := time.monotonic() - batch.started) > SLOW_BATCH_S:
+            # Where a latency tail comes from: waiting (receiver side), prepare (registry,
+            # jumps), the transaction's phases, or the live-state writes after it.
+            log.warning("slow batch", seconds=round(took, 3), rows=batch.rows,
+                        **{k: round(v, 3) for k, v in batch.phases.items()})
 
     def _count(self, batch: Batch, result: WriteResult, started: float) -> None:
         fixes = sum(len(m.fixes) for m in batch.messages)

@@ -19,7 +19,8 @@ class IngestSettings(CommonSettings, RuleSettings, AlertSettings):
                                      "/metrics on this port (`serve` has it on the API)")
     batch_rows: int = Field(2000, ge=1, description="flush when a batch holds this many fixes")
     batch_messages: int = Field(2000, ge=1, description="... or this many MQTT messages")
-    batch_age_ms: int = Field(200, ge=1, description="... or when its first message is this old")
+    batch_age_ms: int = Field(50, ge=1, description="... or, once the writer is free, when its "
+                              "first message is this old")
     max_future_s: float = Field(300, description="fixes dated further ahead are rejected")
     max_speed_kmh: float = Field(300, description="a faster jump marks a fix as an outlier")
     retention_days: int = Field(400, ge=1, description="fixes older than this are dropped")

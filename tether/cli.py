@@ -279,7 +279,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--near-misses", type=int, default=20)
     sp.add_argument("--copy-rows", type=int, default=200_000)
     sp.add_argument("--settle-s", type=float, default=3.0)
-    sp.add_argument("--hold-fraction", type=float, default=0.9,
+    sp.add_argument("--hold-fraction", type=float, default=0.95,
                     help="(--duration) the hold offers this fraction of the highest rate that "
                     "kept up during the rise")
     sp.add_argument("--metrics-port", type=int, default=19400,

@@ -26,7 +26,7 @@ from tests.integration.conftest import count, eventually, publish_all, running
 from tests.integration.test_rules_e2e import BASE, alerts, circle_zone, enrol, offset, walk_in
 from tether.config import Settings
 
-INGEST_PARTS = ("ingest-writer", "ingest-flush-timer", "ingest-mqtt", "rules-world-watch",
+INGEST_PARTS = ("ingest-writer", "ingest-mqtt", "rules-world-watch",
                 "rules-ticker")
 
 

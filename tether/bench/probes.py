@@ -133,6 +133,7 @@ class Truth:
         self.breach_at: dict[str, float] = {}  # device -> wall time of its breach fix
         self.sent: dict[tuple[str, float], float] = {}  # (probe, ts) -> publish time
         self.stored_lat: list[float] = []
+        self.stored_when: list[float] = []  # publish time of each stored_lat sample
         self.alert_lat: list[float] = []
         self.alerts: dict[tuple[int, str], float] = {}
 
@@ -169,12 +170,29 @@ class Truth:
                     sent = self.sent.pop((d, round(t.timestamp(), 3)), None)
                     if sent is not None:
                         self.stored_lat.append(seen - sent)
+                        self.stored_when.append(sent)
                 if rows:
                     since = max(t for _, t in rows)
                 for sid, typ in await (await c.execute(
                         "SELECT subject_id, type FROM alerts")).fetchall():
                     self.alerts.setdefault((sid, typ), seen)
                 await asyncio.sleep(POLL_S)
+
+    def start_window(self, t: float) -> None:
+        """Latency from here on: what was published before `t` is not sampled."""
+        self.stored_lat.clear()
+        self.stored_when.clear()
+        self.sent = {k: v for k, v in self.sent.items() if v >= t}
+
+    def worst_seconds(self, since: float, n: int = 5) -> list[tuple[int, float]]:
+        """The `n` seconds of the hold (offset from `since`) whose slowest fix was slowest,
+        with that latency (ms): a tail spread over the hold is load, one bunched is a stall."""
+        worst: dict[int, float] = {}
+        for t, lat in zip(self.stored_when, self.stored_lat, strict=True):
+            k = int(t - since)
+            worst[k] = max(worst.get(k, 0.0), lat)
+        top = sorted(worst.items(), key=lambda kv: -kv[1])[:n]
+        return [(k, round(v * 1000)) for k, v in top]
 
     def check(self) -> dict:
         by_subject = {self.w.subject_of[d]: d for d, _h, _i in self.w.breach}
