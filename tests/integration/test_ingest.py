@@ -8,11 +8,14 @@ import json
 import random
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 import redis
 
+from geofence.types import Fix, Reject
+from ingest.store import IngestStore
 from tests.integration.conftest import count, eventually, publish_all, running
 from tether.config import Settings
 
@@ -77,6 +80,34 @@ async def test_each_duplicate_is_stored_once(settings: Settings, db, register,
         n = worker.committed_batches
         await eventually(lambda: worker.committed_batches > n, what="another batch")
     assert stored(db, d) == 3
+
+
+async def test_store_copies_new_fixes_straight_and_sorts_out_stored_ones(
+        settings: Settings, db, register) -> None:
+    """The batch transaction's two ways: all new (COPY into the hypertable under a savepoint)
+    and some stored before (savepoint undone, staging and ON CONFLICT): only the new fixes
+    come back to be judged, and the rest of the transaction (a reject) commits with them."""
+    (d,) = register(uid("copy"))
+    now = datetime.now(UTC)
+    at = [Fix(d, now - timedelta(seconds=60 - i), 31.2, 121.4, now) for i in range(6)]
+    reject = Reject("t/x", b"junk", "not JSON", now, d)
+    store = IngestStore(settings.database_url)
+    await store.open()
+    try:
+        async with store.batch() as tx:
+            new, _ = await tx.store(at[:3], [], [])
+        assert new == at[:3]
+        async with store.batch() as tx:  # two stored already, one twice in the batch
+            new, _ = await tx.store([at[1], at[3], at[2], at[4], at[4]], [], [reject])
+        assert {f.fix_time for f in new} == {at[3].fix_time, at[4].fix_time}
+        with contextlib.suppress(ZeroDivisionError):
+            async with store.batch() as tx:  # rolled back as a whole: nothing of it stays
+                await tx.store([at[5]], [], [])
+                raise ZeroDivisionError
+    finally:
+        await store.close()
+    assert stored(db, d) == 5
+    assert count(db, "SELECT count(*) FROM ingest_rejects WHERE device_id = %s", d) == 1
 
 
 async def test_out_of_order_and_late_fixes_are_all_stored(settings: Settings, db, register,
