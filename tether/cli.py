@@ -117,9 +117,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.alerts:
+    if args.alerts:  # publishes as devices: the dev login, as the other benches
         from tether.bench.alerts import main as alerts_main
-        return alerts_main(_settings(args), args.breaches)
+        s = _settings(args)
+        return alerts_main(s.model_copy(update={"mqtt_url": _as_dev(s)}), args.breaches)
     if args.correlate:
         from tether.bench.correlate import main as correlate_main
         return correlate_main(_settings(args), args.fixes if args.fixes != 60_000 else 1_000_000)
@@ -279,7 +280,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--near-misses", type=int, default=20)
     sp.add_argument("--copy-rows", type=int, default=200_000)
     sp.add_argument("--settle-s", type=float, default=3.0)
-    sp.add_argument("--hold-fraction", type=float, default=0.95,
+    sp.add_argument("--hold-fraction", type=float, default=0.9,
                     help="(--duration) the hold offers this fraction of the highest rate that "
                     "kept up during the rise")
     sp.add_argument("--metrics-port", type=int, default=19400,

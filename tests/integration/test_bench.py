@@ -49,3 +49,17 @@ def test_short_bench_reports_its_keys_and_no_missed_or_spurious_alert(
     assert r["latency_ms"]["stored_p99"] is not None and r["latency_ms"]["alert_p99"] is not None
     assert r["rss_mb"] > 0 and r["cpu"]["ingest_cores"] > 0
     assert "| Tether ingest + rules, 1 fix per message" in run.stdout  # the table
+
+
+@pytest.mark.timeout(120)
+def test_breach_to_phone_bench_runs_from_the_command_line(base_settings: Settings) -> None:
+    """`tether bench --alerts` publishes as devices: it must log in as the other benches do
+    (it was refused by the broker, `Not authorized`, while its e2e test passed)."""
+    env = {**os.environ, "TETHER_DATABASE_URL": base_settings.database_url,
+           "TETHER_LOG_LEVEL": "WARNING"}
+    run = subprocess.run([sys.executable, "-m", "tether.cli", "bench", "--alerts",
+                          "--breaches", "3"], env=env, capture_output=True, text=True,
+                         timeout=100)
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert "3 breaches, MQTT publish -> alert on /ws/alerts" in run.stdout
+    assert "officer of another county received 0" in run.stdout
