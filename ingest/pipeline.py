@@ -165,6 +165,7 @@ class Ingest:
         age = self.settings.batch_age_ms / 1000
         deadline = None if within_s is None else time.monotonic() + within_s
         while True:
+            logs.still_running()  # a cancellation a wait swallowed ends the loop here
             if not self.queue.empty():
                 batch = self.queue.get_nowait()
                 metrics.pending_batches.set(self.queue.qsize())
@@ -179,7 +180,8 @@ class Ingest:
                                  None if deadline is None else deadline - now) if w is not None]
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), min(waits) if waits else None)
+                async with asyncio.timeout(min(waits) if waits else None):
+                    await self.wake.wait()
 
     # --- persist, ack, publish ----------------------------------------------------------------
 
@@ -293,7 +295,8 @@ class Ingest:
         t = time.monotonic()
         await self._publish(batch)
         batch.phases["publish"] = time.monotonic() - t
-        if (took := time.monotonic() - batch.started) > SLOW_BATCH_S:
+        if (took := time.monotonic() - batch.started) > SLOW_BATCH_S and not batch.shown:
+            # (a batch judged ahead waited for the database: its outage is logged already)
             # Where a latency tail comes from: waiting (receiver side), prepare (registry,
             # jumps), the transaction's phases, or the live-state writes after it.
             log.warning("slow batch", seconds=round(took, 3), rows=batch.rows,

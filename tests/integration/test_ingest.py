@@ -110,6 +110,27 @@ async def test_store_copies_new_fixes_straight_and_sorts_out_stored_ones(
     assert count(db, "SELECT count(*) FROM ingest_rejects WHERE device_id = %s", d) == 1
 
 
+async def test_a_duplicate_in_a_batch_opening_new_chunks_is_stored_once(
+        settings: Settings, db, register) -> None:
+    """The savepoint undone after a duplicate also undoes the chunks its COPY created (fixes on
+    both sides of a midnight no fix was stored at before); the merge creates them again."""
+    (d,) = register(uid("chunk"))
+    now = datetime.now(UTC)
+    midnight = datetime(2001, 1, 1, tzinfo=UTC) + timedelta(days=random.randrange(3000))
+    at = [Fix(d, midnight + timedelta(seconds=s), 31.2, 121.4, now) for s in (-2, -1, 1, 2)]
+    store = IngestStore(settings.database_url)
+    await store.open()
+    try:
+        async with store.batch() as tx:
+            await tx.store(at[:1], [], [])
+        async with store.batch() as tx:
+            new, _ = await tx.store(at, [], [])
+    finally:
+        await store.close()
+    assert {f.fix_time for f in new} == {f.fix_time for f in at[1:]}
+    assert stored(db, d) == 4
+
+
 async def test_out_of_order_and_late_fixes_are_all_stored(settings: Settings, db, register,
                                                           publisher) -> None:
     (d,) = register(uid("ooo"))

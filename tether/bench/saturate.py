@@ -35,6 +35,7 @@ from tether.bench.probes import Truth, Workers, _pct, _proc_cpu
 from tether.config import Settings
 
 GROWTH_OK = 0.02  # a step keeps up while its backlog grows by less than this of its rate
+REFINE_STEPS = 2  # after saturation: the edge within 2.8 % (steps are 25 % apart)
 
 
 def _login(b: Broker) -> tuple[str, str] | None:
@@ -89,9 +90,9 @@ async def _step(workers: Workers, load: loadgen.Load, rate: float, seconds: floa
 
 async def _rise(workers: Workers, load: loadgen.Load, args: argparse.Namespace
                 ) -> tuple[float, list[dict]]:
-    """Offer more (x1.25 a step) until ingest falls behind (or the generators do), then one
-    step halfway (x1.118) between the last rate that passed and the first that did not;
-    returns the highest rate that passed (or 90 % of what the first step stored)."""
+    """Offer more (x1.25 a step) until ingest falls behind (or the generators do), then
+    `REFINE_STEPS` steps bisecting between the last rate that passed and the first that did
+    not; returns the highest rate that passed (or 90 % of what the first step stored)."""
     steps: list[dict] = []
 
     async def step(rate: float) -> tuple[bool, float]:
@@ -120,11 +121,14 @@ async def _rise(workers: Workers, load: loadgen.Load, args: argparse.Namespace
         return best, steps
     if not best:
         return max(kept * 0.9, 100.0), steps
-    between = best * 1.25 ** 0.5
-    load.set(0)  # the failed step's backlog would flatter the next one
-    await _drained(workers, load, between, 180)
-    ok, _ = await step(between)
-    return (between if ok else best), steps
+    failed = rate
+    for _ in range(REFINE_STEPS):  # bisect between the last rate that passed and the first not
+        between = (best * failed) ** 0.5
+        load.set(0)  # the failed step's backlog would flatter the next one
+        await _drained(workers, load, between, 180)
+        ok, _ = await step(between)
+        best, failed = (between, failed) if ok else (best, between)
+    return best, steps
 
 
 async def _drained(workers: Workers, load: loadgen.Load, rate: float, within_s: float
