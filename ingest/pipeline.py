@@ -1,12 +1,7 @@
 """The ingest flow: decode -> filter -> (evaluate) -> persist -> ack -> publish.
 
-One receiver task decodes messages into the current batch; one writer commits batches. The
-writer takes the current batch whenever it is free and the batch's first message is
-`batch_age_ms` old (group commit: under load a batch holds what arrived during the previous
-commit, so waiting is one commit long, and batches grow with the load). A batch that fills up
-(`batch_rows`) first is handed over through a queue of at most `MAX_PENDING_BATCHES`; when the
-writer is that far behind, the hand-off blocks the receiver (backpressure: the broker holds
-further messages, nothing is dropped). The writer commits a batch, acknowledges its messages
+One receiver task decodes messages into the batch being filled; one writer takes batches
+(group commit and backpressure: `ingest/batches.py`), commits each, acknowledges its messages
 in arrival order, then updates the shared live state.
 """
 
@@ -24,6 +19,7 @@ from geofence.types import DeviceEvent, Fix, Reject
 from ingest import metrics, screen
 from ingest.ahead import Batch, JudgeAhead, Prepared
 from ingest.ahead import Message as _Message
+from ingest.batches import Batches
 from ingest.decode import KEPT_PAYLOAD_BYTES, Limits, Topics, decode_message
 from ingest.filters import FilterSettings, reject_future
 from ingest.live import LivePublisher
@@ -38,7 +34,6 @@ from tether.retry import Backoff, every, retrying
 from tether.supervise import Health, supervised
 
 log = logs.get("ingest")
-MAX_PENDING_BATCHES = 2
 DB_AWAY_WAIT_S = 0.5  # for a connection, once the database failed a commit
 SLOW_BATCH_S = 1.0  # from first message to published: logged with its phases
 
@@ -74,15 +69,12 @@ class Ingest:
         self.limits = Limits(timedelta(days=settings.retention_days),
                              timedelta(seconds=settings.max_future_s))
         self.registry: dict[str, Registered] = {}
-        self.batch = Batch()
-        self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=MAX_PENDING_BATCHES)
+        self.batches = Batches(settings)
         # Taken by the writer, not yet acked (judged ahead while the database is away); kept
         # across a restart of the writer: acks are in arrival order.
-        self.wake = asyncio.Event()  # a batch got its first message, or was handed over
-        self.ahead = JudgeAhead(self.next_batch, settings.judge_ahead_rows, rules,
+        self.ahead = JudgeAhead(self.batches.next, settings.judge_ahead_rows, rules,
                                 self._prepare_once, live, lambda: self.registry)
         self.committed_batches = 0
-        self.draining = False  # a graceful stop: take nothing more, commit what was taken
         self.idle = asyncio.Event()  # set by the writer when nothing taken is left to commit
 
     async def run(self) -> None:
@@ -102,22 +94,15 @@ class Ingest:
     async def receive(self, burst: list[Delivery]) -> None:
         """Decode a burst of deliveries into the current batch. Per-message work is the decode
         only: the clock is read and the metrics counted once per burst."""
-        if self.draining:  # left unacknowledged: the broker gives them to the next worker
+        if self.batches.draining:  # left unacknowledged: the next worker gets them
             return
         received_at = datetime.now(UTC)
         routes: dict[str, int] = defaultdict(int)
         for d in burst:
             msg = self._decode(d, received_at)
             routes[d.topic.rsplit("/", 1)[-1] if msg.device_id else "bad"] += 1
-            b = self.batch
-            if not b.messages:
-                b.started = time.monotonic()
-                self.wake.set()
-            b.messages.append(msg)
-            b.rows += len(msg.fixes)
-            if b.rows >= self.settings.batch_rows or \
-                    len(b.messages) >= self.settings.batch_messages:
-                await self._hand_off()
+            if self.batches.add(msg):
+                await self.batches.hand_off()  # full: blocks while the writer is behind
         for route, n in routes.items():
             metrics.messages.labels(route).inc(n)
 
@@ -138,8 +123,7 @@ class Ingest:
         """A graceful stop (SIGTERM): take no more messages, then commit and acknowledge every
         batch already taken, the one being filled included, within `limit_s`. True if all was
         committed; what was not stays unacknowledged with the broker (nothing is lost)."""
-        self.draining = True
-        self.wake.set()  # the writer takes the batch being filled without waiting for its age
+        self.batches.drain()
         self.idle.clear()
         if self._taken_or_waiting():
             with contextlib.suppress(TimeoutError):
@@ -150,38 +134,7 @@ class Ingest:
         return done
 
     def _taken_or_waiting(self) -> bool:
-        return bool(self.queue.qsize() or self.ahead.held or self.batch.messages)
-
-    async def _hand_off(self) -> None:
-        """A full batch, to the queue: blocks while the writer is `MAX_PENDING_BATCHES` behind."""
-        batch, self.batch = self.batch, Batch()
-        metrics.pending_batches.set(self.queue.qsize() + 1)
-        await self.queue.put(batch)  # blocks when the writer is behind: backpressure
-        self.wake.set()
-
-    async def next_batch(self, within_s: float | None = None) -> Batch | None:
-        """The writer's next batch: a full one from the queue, else the batch being filled once
-        its first message is `batch_age_ms` old (at once when draining). None after `within_s`."""
-        age = self.settings.batch_age_ms / 1000
-        deadline = None if within_s is None else time.monotonic() + within_s
-        while True:
-            logs.still_running()  # a cancellation a wait swallowed ends the loop here
-            if not self.queue.empty():
-                batch = self.queue.get_nowait()
-                metrics.pending_batches.set(self.queue.qsize())
-                return batch
-            b, now = self.batch, time.monotonic()
-            if b.messages and (self.draining or now - b.started >= age):
-                self.batch = Batch()
-                return b
-            if deadline is not None and now >= deadline:
-                return None
-            waits = [w for w in (b.started + age - now if b.messages else None,
-                                 None if deadline is None else deadline - now) if w is not None]
-            self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(waits) if waits else None):
-                    await self.wake.wait()
+        return bool(self.ahead.held) or self.batches.waiting()
 
     # --- persist, ack, publish ----------------------------------------------------------------
 
@@ -191,7 +144,7 @@ class Ingest:
             # cancellation; each loop of a part re-raises a pending one, so a worker stops.
             logs.still_running()
             if not self.ahead.held:
-                batch = await self.next_batch()
+                batch = await self.batches.next()
                 assert batch is not None  # no timeout: waits for one
                 self.ahead.add(batch)
             await self.persist(self.ahead.held[0])

@@ -178,7 +178,7 @@ def test_hostile_corpus_and_fuzzer_leave_the_same_worker_judging(settings: Setti
                                             " %s", check_dev) == 17, timeout=10,
                               what="all 17 fixes of the walk stored"))
             # The messages before the breach walk were all taken (acked in arrival order).
-            assert worker.committed_batches > 0 and worker.queue.qsize() == 0
+            assert worker.committed_batches > 0 and worker.batches.queue.qsize() == 0
             healthy_parts(worker)
         finally:
             lp.run(stack.aclose())

@@ -74,7 +74,7 @@ async def test_each_duplicate_is_stored_once(settings: Settings, db, register,
     async with running(settings) as worker:
         await publish_all(publisher, msgs)
         await eventually(lambda: worker.committed_batches and stored(db, d) == 3
-                         and worker.batch.messages == [] and worker.queue.empty(),
+                         and not worker.batches.waiting(),
                          what="all messages committed")
         await publish_all(publisher, [(topic, one)])  # and again, in a later batch
         n = worker.committed_batches
