@@ -36,6 +36,7 @@ from tether.supervise import Health, supervised
 log = logs.get("ingest")
 DB_AWAY_WAIT_S = 0.5  # for a connection, once the database failed a commit
 SLOW_BATCH_S = 1.0  # from first message to published: logged with its phases
+SLOW_LOG_EVERY_S = 10.0  # at most one slow-batch line this often: an overload is not a flood
 
 
 def _text(s: str) -> str:
@@ -75,6 +76,7 @@ class Ingest:
         self.ahead = JudgeAhead(self.batches.next, settings.judge_ahead_rows, rules,
                                 self._prepare_once, live, lambda: self.registry)
         self.committed_batches = 0
+        self.slow_batches, self.slow_logged_at = 0, float("-inf")  # since the last line
         self.idle = asyncio.Event()  # set by the writer when nothing taken is left to commit
 
     async def run(self) -> None:
@@ -249,11 +251,18 @@ class Ingest:
         await self._publish(batch)
         batch.phases["publish"] = time.monotonic() - t
         if (took := time.monotonic() - batch.started) > SLOW_BATCH_S and not batch.shown:
-            # (a batch judged ahead waited for the database: its outage is logged already)
-            # Where a latency tail comes from: waiting (receiver side), prepare (registry,
-            # jumps), the transaction's phases, or the live-state writes after it.
+            self._slow(batch, took)  # (a batch judged ahead waited out a logged outage)
+
+    def _slow(self, batch: Batch, took: float) -> None:
+        """Where a latency tail comes from: waiting (receiver side), prepare (registry,
+        jumps), the transaction's phases, or the live-state writes after it. One line per
+        `SLOW_LOG_EVERY_S` at most, counting the slow batches since the last."""
+        self.slow_batches += 1
+        if (now := time.monotonic()) - self.slow_logged_at >= SLOW_LOG_EVERY_S:
             log.warning("slow batch", seconds=round(took, 3), rows=batch.rows,
+                        slow_batches=self.slow_batches,
                         **{k: round(v, 3) for k, v in batch.phases.items()})
+            self.slow_batches, self.slow_logged_at = 0, now
 
     def _count(self, batch: Batch, result: WriteResult, started: float) -> None:
         fixes = sum(len(m.fixes) for m in batch.messages)

@@ -112,3 +112,24 @@ async def test_every_message_is_taken_once_in_order(age_ms: int) -> None:
             await asyncio.sleep(0.001)
     await asyncio.wait_for(task, 10)
     assert taken == [f"d{i}" for i in range(200)]
+
+
+def test_slow_batches_are_logged_once_per_interval_with_their_count() -> None:
+    """A sustained overload makes every batch slow: one line per interval, not one a batch."""
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from ingest.ahead import Batch
+    from ingest.pipeline import SLOW_LOG_EVERY_S, Ingest
+
+    worker = SimpleNamespace(slow_batches=0, slow_logged_at=float("-inf"))
+    batch = Batch(rows=3, phases={"waited": 1.2})
+    with capture_logs() as logged:
+        for _ in range(50):
+            Ingest._slow(worker, batch, 1.5)  # type: ignore[arg-type]
+        worker.slow_logged_at -= SLOW_LOG_EVERY_S  # an interval later
+        Ingest._slow(worker, batch, 1.5)  # type: ignore[arg-type]
+    lines = [e for e in logged if e["event"] == "slow batch"]
+    assert [e["slow_batches"] for e in lines] == [1, 50]
+    assert lines[0]["waited"] == 1.2 and lines[0]["rows"] == 3
